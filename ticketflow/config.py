@@ -1,0 +1,204 @@
+"""The organisation's policy as one validated file, and the process settings from the environment.
+
+Policy (departments, agents, tiers, SLA targets, rules) is data: the workflow receives the values
+it needs through activities or reads them from this pure model, never from disk.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ticketflow.models import Channel, CustomerType, Priority, Region
+
+Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+TIERS = (1, 2, 3, 4)
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Agent(_Cfg):
+    id: Key
+    name: str
+    email: str
+    tiers: list[int] = Field(min_length=1)
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, v: list[int]) -> list[int]:
+        bad = [t for t in v if t not in TIERS]
+        if bad:
+            raise ValueError(f"tiers must be within 1-4, got {bad}")
+        return v
+
+
+class Department(_Cfg):
+    name: str
+    email: str  # sender address for this department's mail
+    lead: str  # address of the department lead (escalation and breach notices)
+    timezone: str = "UTC"
+    signature: str = ""
+    agents: list[Agent] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {v!r}") from e
+        return v
+
+    def agents_for(self, tier: int) -> list[Agent]:
+        return [a for a in self.agents if tier in a.tiers]
+
+
+class Tier(_Cfg):
+    level: int
+    name: str
+    budget_minutes: int = Field(gt=0)
+
+    @property
+    def budget(self) -> timedelta:
+        return timedelta(minutes=self.budget_minutes)
+
+
+class SlaTarget(_Cfg):
+    first_response_minutes: int = Field(gt=0)
+    resolution_minutes: int = Field(gt=0)
+
+
+class Sla(_Cfg):
+    reminder_fractions: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9])
+    targets: dict[Priority, SlaTarget]
+
+    @field_validator("reminder_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in v):
+            raise ValueError("reminder fractions must be strictly between 0 and 1")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _every_priority(self) -> Self:
+        missing = [p.value for p in Priority if p not in self.targets]
+        if missing:
+            raise ValueError(f"sla.targets is missing priorities: {missing}")
+        return self
+
+
+class CategoryRule(_Cfg):
+    """Keywords per language that put a ticket into a category and a department."""
+
+    name: str
+    category: Key
+    department: Key
+    keywords: dict[str, list[str]]
+    channels: list[Channel] = Field(default_factory=list)
+    customer_types: list[CustomerType] = Field(default_factory=list)
+
+
+class PriorityRule(_Cfg):
+    """Sets a priority (or raises it one step) when keywords, channel or customer type match."""
+
+    name: str
+    set: Priority | None = None
+    raise_one: bool = False
+    keywords: dict[str, list[str]] = Field(default_factory=dict)
+    channels: list[Channel] = Field(default_factory=list)
+    customer_types: list[CustomerType] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Self:
+        if (self.set is None) == (not self.raise_one):
+            raise ValueError(f"priority rule {self.name!r}: give exactly one of 'set' or 'raise_one = true'")
+        if not (self.keywords or self.channels or self.customer_types):
+            raise ValueError(f"priority rule {self.name!r} has no condition")
+        return self
+
+
+class Csat(_Cfg):
+    delay_minutes: int = Field(default=60, ge=0)
+    window_hours: int = Field(default=168, gt=0)  # survey open, reopen possible; then the ticket closes
+
+
+class Config(_Cfg):
+    organisation: str
+    default_department: Key
+    default_priority: Priority = Priority.NORMAL
+    languages: list[str]
+    regions: dict[Region, str]  # region -> default time zone
+    departments: dict[Key, Department]
+    tiers: list[Tier]
+    sla: Sla
+    categories: list[CategoryRule]
+    priority_rules: list[PriorityRule] = Field(default_factory=list)
+    csat: Csat = Csat()
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        if self.default_department not in self.departments:
+            raise ValueError(f"default_department {self.default_department!r} is not a department")
+        levels = sorted(t.level for t in self.tiers)
+        if levels != list(TIERS):
+            raise ValueError(f"tiers must be exactly levels 1-4, got {levels}")
+        for rule in self.categories:
+            if rule.department not in self.departments:
+                raise ValueError(f"category rule {rule.name!r} names unknown department {rule.department!r}")
+        for key, dept in self.departments.items():
+            if not dept.agents_for(1):
+                raise ValueError(f"department {key!r} has no tier-1 agent")
+        return self
+
+    def tier(self, level: int) -> Tier:
+        return next(t for t in self.tiers if t.level == level)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load and validate a policy file; a bad file raises with every field error named."""
+    if path is None:
+        text = resources.files("ticketflow").joinpath("default_config.toml").read_text("utf-8")
+    else:
+        text = Path(path).read_text("utf-8")
+    return Config.model_validate(tomllib.loads(text))
+
+
+@lru_cache(maxsize=1)
+def default_config() -> Config:
+    return load_config()
+
+
+class Settings(BaseSettings):
+    """Process settings (where things run), from TICKETFLOW_* variables or a .env file."""
+
+    model_config = SettingsConfigDict(env_prefix="TICKETFLOW_", env_file=".env", extra="ignore")
+
+    config_file: Path | None = None
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "ticketflow"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # business metrics (prometheus-client); 0 disables
+    sdk_metrics_port: int = 9465  # Temporal SDK worker metrics; 0 disables
+    state_dir: Path = Path(".state")
+    db_pool_max: int = 10
+
+    def policy(self) -> Config:
+        return load_config(self.config_file) if self.config_file else default_config()

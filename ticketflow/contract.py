@@ -1,0 +1,33 @@
+"""Names that cross process boundaries: the workflow type, its messages and the activities.
+
+Workflows refer to activities by these names so the workflow side never imports the activity
+side (which holds database and SMTP clients).
+"""
+
+from __future__ import annotations
+
+WORKFLOW_TYPE = "TicketWorkflow"
+
+# activities
+INTAKE = "intake"
+CATEGORISE = "categorise"
+LOAD_POLICY = "load_policy"
+ROUTE = "route"
+RECORD_EVENT = "record_event"
+RECORD_RATING = "record_rating"
+NOTIFY = "notify"
+
+# updates and the query
+AGENT_REPLY = "agent_reply"
+CUSTOMER_REPLY = "customer_reply"
+PEND = "pend"
+RESOLVE = "resolve"
+REOPEN = "reopen"
+ESCALATE = "escalate"
+RATE = "rate"
+STATE_QUERY = "state"
+
+# application error types
+INVALID_TICKET = "InvalidTicket"
+INVALID_TRANSITION = "InvalidTransition"
+PERMANENT_DELIVERY = "PermanentDeliveryFailure"

@@ -1,0 +1,400 @@
+"""Pydantic models shared by the client, the workflow and the activities.
+
+Everything that crosses a Temporal boundary is one of these models, so any SDK or the
+`temporal` CLI can drive a ticket with plain JSON. The workflow keeps only ids, policy and
+time in its state; bodies and customer details live in Postgres.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+
+MAX_SUBJECT = 500
+MAX_BODY = 200_000
+MAX_ATTACHMENTS = 50
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    WEB_FORM = "web_form"
+    CHAT = "chat"
+    PHONE = "phone"
+    SOCIAL = "social"
+    API = "api"
+
+
+class CustomerType(StrEnum):
+    REGULAR = "regular"
+    VIP = "vip"
+    PARTNER = "partner"
+    RESELLER = "reseller"
+
+
+class Region(StrEnum):
+    NA = "NA"
+    EU = "EU"
+    APAC = "APAC"
+    LATAM = "LATAM"
+    MEA = "MEA"
+
+
+class Priority(StrEnum):
+    URGENT = "urgent"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+    def raised(self) -> Priority:
+        return _BY_RANK[max(0, self.rank - 1)]
+
+
+_PRIORITY_RANK = {Priority.URGENT: 0, Priority.HIGH: 1, Priority.NORMAL: 2, Priority.LOW: 3}
+_BY_RANK = {v: k for k, v in _PRIORITY_RANK.items()}
+
+
+class Status(StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+    REJECTED = "rejected"
+
+
+Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Customer(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    email: EmailStr
+    phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()./-]{5,32}$")] | None = None
+    plan: Annotated[str, StringConstraints(max_length=64)] | None = None
+    type: CustomerType = CustomerType.REGULAR
+    region: Region | None = None
+    language: Language | None = None
+
+
+class Attachment(_Strict):
+    """Attachment metadata only; the bytes stay with the channel that received them."""
+
+    filename: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    content_type: Annotated[str, StringConstraints(pattern=r"^[\w.+-]+/[\w.+-]+$")]
+    size_bytes: int = Field(ge=0, le=100 * 1024 * 1024)
+    url: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class TicketIn(_Strict):
+    """What an integration submits to open a ticket."""
+
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SUBJECT)]
+    body: Annotated[str, StringConstraints(min_length=1, max_length=MAX_BODY)]
+    customer: Customer
+    channel: Channel
+    external_message_id: Annotated[str, StringConstraints(min_length=1, max_length=998)] | None = None
+    attachments: list[Attachment] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line_subject(cls, v: str) -> str:
+        if "\n" in v or "\r" in v:
+            raise ValueError("subject must be a single line")
+        return v
+
+
+class Categorisation(BaseModel):
+    category: str
+    department: str
+    priority: Priority
+    language: str
+    spam: bool = False
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Routing(BaseModel):
+    department: str
+    tier: int
+    queue: str
+    agent: str | None
+    reason: str
+
+
+class IntakeResult(BaseModel):
+    ticket_id: str
+    channel: Channel
+    customer_type: CustomerType
+    created_at: datetime
+    already_existed: bool = False
+
+
+# --- SLA clock -----------------------------------------------------------------------------------
+
+
+class SlaClock(BaseModel):
+    """A calendar-time SLA clock that can pause; all instants are UTC and absolute so it can
+    travel through continue-as-new unchanged."""
+
+    metric: str
+    target_seconds: int
+    started_at: datetime
+    elapsed_before: float = 0.0  # seconds accumulated in earlier running spans
+    running_since: datetime | None = None
+    reminder_fractions: list[float] = Field(default_factory=list)
+    reminders_sent: list[float] = Field(default_factory=list)
+    breached: bool = False
+    fulfilled_at: datetime | None = None
+
+    def elapsed(self, now: datetime) -> float:
+        running = (now - self.running_since).total_seconds() if self.running_since else 0.0
+        return self.elapsed_before + max(0.0, running)
+
+    @property
+    def active(self) -> bool:
+        return self.fulfilled_at is None
+
+    @property
+    def paused(self) -> bool:
+        return self.active and self.running_since is None
+
+    def due_at(self, now: datetime) -> datetime | None:
+        """When the target is (or was) reached if the clock keeps running; None while paused."""
+        if not self.active or self.running_since is None:
+            return None
+        return now + timedelta(seconds=self.target_seconds - self.elapsed(now))
+
+    def pending_thresholds(self) -> list[float]:
+        """Fractions of the target still to announce, 1.0 being the breach."""
+        out = [f for f in sorted(self.reminder_fractions) if f not in self.reminders_sent and f < 1.0]
+        if not self.breached:
+            out.append(1.0)
+        return out
+
+
+# --- Messages to a live ticket --------------------------------------------------------------------
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BODY)]
+Actor = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+
+
+class AgentReply(_Strict):
+    agent: Actor
+    body: Text
+    pend: bool = False  # reply and wait on the customer in one step
+
+
+class CustomerReply(_Strict):
+    body: Text
+    external_message_id: Annotated[str, StringConstraints(max_length=998)] | None = None
+
+
+class PendRequest(_Strict):
+    agent: Actor
+    reason: Reason = ""
+
+
+class ResolveRequest(_Strict):
+    agent: Actor
+    resolution: Reason = ""
+
+
+class ReopenRequest(_Strict):
+    actor: Actor
+    reason: Reason = ""
+
+
+class EscalateRequest(_Strict):
+    actor: Actor
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+
+
+class RateRequest(_Strict):
+    """A CSAT rating: 1-5, or good/bad (stored as 5/1)."""
+
+    rating: int | str
+    comment: Reason = ""
+
+    @field_validator("rating")
+    @classmethod
+    def _scale(cls, v: int | str) -> int | str:
+        if isinstance(v, str):
+            low = v.strip().lower()
+            if low not in ("good", "bad"):
+                raise ValueError("rating must be 1-5 or 'good'/'bad'")
+            return low
+        if not 1 <= v <= 5:
+            raise ValueError("rating must be between 1 and 5")
+        return v
+
+    @property
+    def score(self) -> int:
+        if isinstance(self.rating, str):
+            return 5 if self.rating == "good" else 1
+        return self.rating
+
+
+# --- Workflow input and state ---------------------------------------------------------------------
+
+
+class TicketWorkflowInput(BaseModel):
+    """The start argument. `ticket` stays raw so that bad input reaches the intake activity,
+    which rejects it with field-level errors, instead of failing workflow-task decoding."""
+
+    ticket: dict[str, Any] | None = None
+    resume: TicketState | None = None
+
+
+class Policy(BaseModel):
+    """The slice of policy a ticket runs on, fetched by an activity so that a config change
+    never alters a running workflow's replay."""
+
+    first_response_seconds: int
+    resolution_seconds: int
+    reminder_fractions: list[float]
+    tier_budget_seconds: dict[int, int]
+    csat_delay_seconds: int
+    csat_window_seconds: int
+
+
+class PolicyRequest(BaseModel):
+    department: str
+    priority: Priority
+    customer_type: CustomerType | None = None
+
+
+class Escalation(BaseModel):
+    from_tier: int
+    to_tier: int
+    cause: str  # timer | manual
+    reason: str
+    at: datetime
+
+
+class Rating(BaseModel):
+    score: int
+    raw: int | str
+    resolution: int
+    agent: str | None
+    tier: int
+    department: str
+    at: datetime
+
+
+class TicketState(BaseModel):
+    """The whole live state of a ticket: what the query returns and continue-as-new carries."""
+
+    ticket_id: str
+    status: Status = Status.NEW
+    channel: Channel | None = None
+    customer_type: CustomerType | None = None
+    created_at: datetime | None = None
+    category: str | None = None
+    department: str | None = None
+    priority: Priority | None = None
+    language: str | None = None
+    categorisation_reasons: list[str] = Field(default_factory=list)
+    tier: int = 1
+    queue: str | None = None
+    assignee: str | None = None
+    tier_clock: SlaClock | None = None
+    policy: Policy | None = None
+    escalations: list[Escalation] = Field(default_factory=list)
+    sla: dict[str, SlaClock] = Field(default_factory=dict)
+    sla_breached: bool = False
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolutions: int = 0
+    survey_sent_for: int = 0
+    survey_due_at: datetime | None = None
+    close_at: datetime | None = None
+    ratings: list[Rating] = Field(default_factory=list)
+    messages: int = 0
+    audit_seq: int = 0
+    rejection: str | None = None
+
+
+TicketWorkflowInput.model_rebuild()
+
+
+# --- Activity inputs --------------------------------------------------------------------------------
+
+
+class AuditEntry(BaseModel):
+    """One state change: appended to the audit log and, when given, applied to the ticket row."""
+
+    ticket_id: str
+    seq: int
+    event: str
+    actor: str
+    at: datetime
+    detail: dict[str, Any] = Field(default_factory=dict)
+    message: MessageRecord | None = None
+    ticket_update: dict[str, Any] = Field(default_factory=dict)
+
+
+class MessageRecord(BaseModel):
+    author_kind: str  # customer | agent | system
+    author: str
+    body: str
+    external_message_id: str | None = None
+
+
+AuditEntry.model_rebuild()
+
+
+class IntakeRequest(BaseModel):
+    ticket_id: str
+    raw: dict[str, Any]
+    received_at: datetime
+
+
+class CategoriseRequest(BaseModel):
+    ticket_id: str
+    seq: int
+
+
+class RouteRequest(BaseModel):
+    ticket_id: str
+    seq: int
+    department: str
+    tier: int
+    step: str  # stable idempotency step name, e.g. "route:1" or "escalate:2"
+    at: datetime
+
+
+class Notification(BaseModel):
+    """A templated email; `key` makes it once-per-ticket in effect (unique in the outbox)."""
+
+    key: str
+    ticket_id: str
+    template: str
+    to: str  # "customer", "assignee", "lead" or an address
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class NotificationResult(BaseModel):
+    key: str
+    status: str  # sent | already_sent | no_recipient
+    recipient: str | None = None
+    message_id: str | None = None
+
+
+class RatingRecord(BaseModel):
+    ticket_id: str
+    seq: int
+    rating: Rating
+    comment: str

