@@ -32,14 +32,17 @@ PASSTHROUGH = ("ticketflow", "pydantic", "pydantic_core", "annotated_types", "em
 
 
 def sandbox_runner() -> SandboxedWorkflowRunner:
-    return SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
-    )
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
 
 
 def activity_list(acts: TicketActivities) -> list[Any]:
     return [
-        acts.intake, acts.categorise, acts.load_policy, acts.route, acts.record_event, acts.record_rating,
+        acts.intake,
+        acts.categorise,
+        acts.load_policy,
+        acts.route,
+        acts.record_event,
+        acts.record_rating,
         acts.notify,
     ]
 
@@ -66,8 +69,11 @@ def build_worker(
 
 def smtp_settings(settings: Settings) -> SmtpSettings:
     return SmtpSettings(
-        host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
-        password=settings.smtp_password, starttls=settings.smtp_starttls,
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        starttls=settings.smtp_starttls,
     )
 
 

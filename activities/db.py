@@ -42,9 +42,7 @@ async def migrate(conninfo: str) -> list[str]:
                 if await cur.fetchone():
                     continue
                 await conn.execute(sql.encode("utf-8"))
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
-                )
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
                 applied.append(name)
                 log.info("applied migration %s", name)
     return applied

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-TICKETS_CREATED = Counter(
-    "ticketflow_tickets_created", "Tickets accepted at intake", ["channel", "customer_type"]
-)
+TICKETS_CREATED = Counter("ticketflow_tickets_created", "Tickets accepted at intake", ["channel", "customer_type"])
 INTAKE_REJECTED = Counter("ticketflow_intake_rejected", "Ticket payloads rejected at intake", ["field"])
 TICKET_EVENTS = Counter(
     "ticketflow_ticket_events",

@@ -45,8 +45,18 @@ log = logging.getLogger(__name__)
 
 # Columns a workflow step may set on the ticket row (never identity or customer data).
 _UPDATABLE = {
-    "status", "language", "category", "priority", "department", "tier", "queue", "assignee",
-    "sla_breached", "first_response_at", "resolved_at", "closed_at",
+    "status",
+    "language",
+    "category",
+    "priority",
+    "department",
+    "tier",
+    "queue",
+    "assignee",
+    "sla_breached",
+    "first_response_at",
+    "resolved_at",
+    "closed_at",
 }
 
 
@@ -102,17 +112,36 @@ class TicketActivities:
                 RETURNING created_at
                 """,
                 (
-                    req.ticket_id, ticket.external_message_id, ticket.channel, ticket.subject, ticket.body,
-                    c.name, str(c.email), c.phone, c.plan, c.type, c.region, c.language,
-                    Jsonb([a.model_dump() for a in ticket.attachments]), ticket.tags, req.received_at,
+                    req.ticket_id,
+                    ticket.external_message_id,
+                    ticket.channel,
+                    ticket.subject,
+                    ticket.body,
+                    c.name,
+                    str(c.email),
+                    c.phone,
+                    c.plan,
+                    c.type,
+                    c.region,
+                    c.language,
+                    Jsonb([a.model_dump() for a in ticket.attachments]),
+                    ticket.tags,
+                    req.received_at,
                 ),
             )
             created = await cur.fetchone()
             if created is not None:
-                await self._audit(conn, AuditEntry(
-                    ticket_id=req.ticket_id, seq=1, event="created", actor="customer", at=req.received_at,
-                    detail={"channel": ticket.channel, "external_message_id": ticket.external_message_id},
-                ))
+                await self._audit(
+                    conn,
+                    AuditEntry(
+                        ticket_id=req.ticket_id,
+                        seq=1,
+                        event="created",
+                        actor="customer",
+                        at=req.received_at,
+                        detail={"channel": ticket.channel, "external_message_id": ticket.external_message_id},
+                    ),
+                )
                 await conn.execute(
                     "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
                     " created_at) VALUES (%s, 1, 'customer', 'customer', %s, %s, %s)",
@@ -121,13 +150,16 @@ class TicketActivities:
                 metrics.TICKETS_CREATED.labels(channel=ticket.channel, customer_type=c.type).inc()
                 created_at = created["created_at"]
             else:
-                row = await (await conn.execute(
-                    "SELECT created_at FROM tickets WHERE id = %s", (req.ticket_id,)
-                )).fetchone()
+                row = await (
+                    await conn.execute("SELECT created_at FROM tickets WHERE id = %s", (req.ticket_id,))
+                ).fetchone()
                 assert row is not None
                 created_at = row["created_at"]
         return IntakeResult(
-            ticket_id=req.ticket_id, channel=ticket.channel, customer_type=c.type, created_at=created_at,
+            ticket_id=req.ticket_id,
+            channel=ticket.channel,
+            customer_type=c.type,
+            created_at=created_at,
             already_existed=created is None,
         )
 
@@ -137,22 +169,39 @@ class TicketActivities:
     async def categorise(self, req: CategoriseRequest) -> Categorisation:
         async with self.pool.connection() as conn, conn.transaction():
             row = await self._ticket(conn, req.ticket_id)
-            ticket = TicketIn.model_validate({
-                "subject": row["subject"], "body": row["body"], "channel": row["channel"],
-                "customer": {
-                    "name": row["customer_name"], "email": row["customer_email"], "type": row["customer_type"],
-                    "language": row["customer_language"], "region": row["customer_region"],
-                },
-            })
+            ticket = TicketIn.model_validate(
+                {
+                    "subject": row["subject"],
+                    "body": row["body"],
+                    "channel": row["channel"],
+                    "customer": {
+                        "name": row["customer_name"],
+                        "email": row["customer_email"],
+                        "type": row["customer_type"],
+                        "language": row["customer_language"],
+                        "region": row["customer_region"],
+                    },
+                }
+            )
             result = categorise(ticket, self.config)
-            await self._audit(conn, AuditEntry(
-                ticket_id=req.ticket_id, seq=req.seq, event="categorised", actor="rules",
-                at=datetime.now().astimezone(), detail=result.model_dump(mode="json"),
-                ticket_update={
-                    "category": result.category, "priority": result.priority, "language": result.language,
-                    "department": result.department,
-                },
-            ), extra={"categorisation": Jsonb(result.model_dump(mode="json"))})
+            await self._audit(
+                conn,
+                AuditEntry(
+                    ticket_id=req.ticket_id,
+                    seq=req.seq,
+                    event="categorised",
+                    actor="rules",
+                    at=datetime.now().astimezone(),
+                    detail=result.model_dump(mode="json"),
+                    ticket_update={
+                        "category": result.category,
+                        "priority": result.priority,
+                        "language": result.language,
+                        "department": result.department,
+                    },
+                ),
+                extra={"categorisation": Jsonb(result.model_dump(mode="json"))},
+            )
         return result
 
     @activity.defn(name=contract.LOAD_POLICY)
@@ -175,10 +224,13 @@ class TicketActivities:
             raise ApplicationError(f"unknown department {req.department!r}", non_retryable=True)
         queue = f"{req.department}:t{req.tier}"
         async with self.pool.connection() as conn, conn.transaction():
-            prior = await (await conn.execute(
-                "SELECT department, tier, queue, agent, reason FROM routing_decisions"
-                " WHERE ticket_id = %s AND step = %s", (req.ticket_id, req.step),
-            )).fetchone()
+            prior = await (
+                await conn.execute(
+                    "SELECT department, tier, queue, agent, reason FROM routing_decisions"
+                    " WHERE ticket_id = %s AND step = %s",
+                    (req.ticket_id, req.step),
+                )
+            ).fetchone()
             if prior is not None:
                 return Routing.model_validate(prior)
             agents = dept.agents_for(req.tier)
@@ -192,26 +244,51 @@ class TicketActivities:
                 idx = (await cur.fetchone() or {"idx": 0})["idx"]
                 agent = agents[idx % len(agents)]
                 routing = Routing(
-                    department=req.department, tier=req.tier, queue=queue, agent=agent.id,
+                    department=req.department,
+                    tier=req.tier,
+                    queue=queue,
+                    agent=agent.id,
                     reason=f"round-robin {idx % len(agents) + 1}/{len(agents)} in queue {queue}",
                 )
             else:
                 routing = Routing(
-                    department=req.department, tier=req.tier, queue=queue, agent=None,
+                    department=req.department,
+                    tier=req.tier,
+                    queue=queue,
+                    agent=None,
                     reason=f"queue {queue} has no agent; left unassigned in the queue",
                 )
             await conn.execute(
                 "INSERT INTO routing_decisions (ticket_id, step, department, tier, queue, agent, reason, at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (req.ticket_id, req.step, routing.department, routing.tier, routing.queue, routing.agent,
-                 routing.reason, req.at),
+                (
+                    req.ticket_id,
+                    req.step,
+                    routing.department,
+                    routing.tier,
+                    routing.queue,
+                    routing.agent,
+                    routing.reason,
+                    req.at,
+                ),
             )
-            await self._audit(conn, AuditEntry(
-                ticket_id=req.ticket_id, seq=req.seq, event="routed", actor="router", at=req.at,
-                detail=routing.model_dump(mode="json"),
-                ticket_update={"department": routing.department, "tier": routing.tier, "queue": routing.queue,
-                               "assignee": routing.agent},
-            ))
+            await self._audit(
+                conn,
+                AuditEntry(
+                    ticket_id=req.ticket_id,
+                    seq=req.seq,
+                    event="routed",
+                    actor="router",
+                    at=req.at,
+                    detail=routing.model_dump(mode="json"),
+                    ticket_update={
+                        "department": routing.department,
+                        "tier": routing.tier,
+                        "queue": routing.queue,
+                        "assignee": routing.agent,
+                    },
+                ),
+            )
         return routing
 
     # --- audit ----------------------------------------------------------------------------------------
@@ -227,8 +304,16 @@ class TicketActivities:
                     " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     (entry.ticket_id, entry.seq, m.author_kind, m.author, m.body, m.external_message_id, entry.at),
                 )
-            if inserted and entry.event in {"resolved", "reopened", "escalated", "sla_breach", "sla_reminder",
-                                            "closed", "pended", "survey_sent"}:
+            if inserted and entry.event in {
+                "resolved",
+                "reopened",
+                "escalated",
+                "sla_breach",
+                "sla_reminder",
+                "closed",
+                "pended",
+                "survey_sent",
+            }:
                 row = await self._ticket(conn, entry.ticket_id)
                 metrics.TICKET_EVENTS.labels(
                     event=entry.event, department=row["department"] or "", priority=row["priority"] or ""
@@ -238,10 +323,17 @@ class TicketActivities:
     async def record_rating(self, rec: RatingRecord) -> None:
         r = rec.rating
         async with self.pool.connection() as conn, conn.transaction():
-            inserted = await self._audit(conn, AuditEntry(
-                ticket_id=rec.ticket_id, seq=rec.seq, event="rated", actor="customer", at=r.at,
-                detail={"score": r.score, "raw": r.raw, "resolution": r.resolution, "comment": rec.comment},
-            ))
+            inserted = await self._audit(
+                conn,
+                AuditEntry(
+                    ticket_id=rec.ticket_id,
+                    seq=rec.seq,
+                    event="rated",
+                    actor="customer",
+                    at=r.at,
+                    detail={"score": r.score, "raw": r.raw, "resolution": r.resolution, "comment": rec.comment},
+                ),
+            )
             if not inserted:
                 return
             await conn.execute(
@@ -252,8 +344,7 @@ class TicketActivities:
                 ON CONFLICT (ticket_id, resolution) DO UPDATE SET score = EXCLUDED.score, raw = EXCLUDED.raw,
                     comment = EXCLUDED.comment, rated_at = EXCLUDED.rated_at
                 """,
-                (rec.ticket_id, r.resolution, r.score, str(r.raw), rec.comment, r.agent, r.tier, r.department,
-                 r.at),
+                (rec.ticket_id, r.resolution, r.score, str(r.raw), rec.comment, r.agent, r.tier, r.department, r.at),
             )
             metrics.CSAT_RATINGS.labels(department=r.department, score=str(r.score)).inc()
 
@@ -264,8 +355,14 @@ class TicketActivities:
         cur = await conn.execute(
             "INSERT INTO audit_log (ticket_id, seq, event, actor, detail, at) VALUES (%s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (ticket_id, seq) DO NOTHING",
-            (entry.ticket_id, entry.seq, entry.event, entry.actor,
-             Jsonb(json.loads(json.dumps(entry.detail, default=str))), entry.at),
+            (
+                entry.ticket_id,
+                entry.seq,
+                entry.event,
+                entry.actor,
+                Jsonb(json.loads(json.dumps(entry.detail, default=str))),
+                entry.at,
+            ),
         )
         if cur.rowcount != 1:
             return False
@@ -295,9 +392,11 @@ class TicketActivities:
     async def notify(self, note: Notification) -> NotificationResult:
         async with self.pool.connection() as conn, conn.transaction():
             # The row lock serialises concurrent attempts of the same key: one sends, the other sees 'sent'.
-            row = await (await conn.execute(
-                "SELECT status, recipient, message_id FROM outbox WHERE key = %s FOR UPDATE", (note.key,)
-            )).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT status, recipient, message_id FROM outbox WHERE key = %s FOR UPDATE", (note.key,)
+                )
+            ).fetchone()
             if row is None:
                 prepared = await self._prepare(conn, note)
                 if prepared is None:
@@ -313,7 +412,10 @@ class TicketActivities:
             assert out is not None
             rendered = mail.RenderedMail(out["subject"], out["body_text"], out["body_html"])
             msg = mail.build_message(
-                sender=out["sender"], recipient=out["recipient"], mail=rendered, message_id=out["message_id"],
+                sender=out["sender"],
+                recipient=out["recipient"],
+                mail=rendered,
+                message_id=out["message_id"],
                 in_reply_to=self._thread_id(note.ticket_id) if note.template != "acknowledgement" else None,
             )
             try:
@@ -321,8 +423,8 @@ class TicketActivities:
             except Exception as err:
                 if mail.is_permanent(err):
                     await conn.execute(
-                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = %s"
-                        " WHERE key = %s", (str(err), note.key),
+                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = %s WHERE key = %s",
+                        (str(err), note.key),
                     )
                     metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
                     return NotificationResult(key=note.key, status="failed", recipient=out["recipient"])
@@ -341,9 +443,7 @@ class TicketActivities:
     def _thread_id(ticket_id: str) -> str:
         return f"<ack.{ticket_id}@ticketflow>"
 
-    async def _prepare(
-        self, conn: AsyncConnection[dict[str, Any]], note: Notification
-    ) -> dict[str, Any] | None:
+    async def _prepare(self, conn: AsyncConnection[dict[str, Any]], note: Notification) -> dict[str, Any] | None:
         """Render the mail and insert it into the outbox (locked for this transaction)."""
         ticket = await self._ticket(conn, note.ticket_id)
         dept_key = ticket["department"] or self.config.default_department
@@ -368,16 +468,27 @@ class TicketActivities:
         message_id = f"<{note.key.replace(':', '.')}@ticketflow>"
         if note.template == "acknowledgement":
             message_id = self._thread_id(note.ticket_id)
-        row = await (await conn.execute(
-            """
+        row = await (
+            await conn.execute(
+                """
             INSERT INTO outbox (key, ticket_id, template, recipient, sender, subject, body_text, body_html,
                 message_id)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
             RETURNING status, recipient, message_id
             """,
-            (note.key, note.ticket_id, note.template, recipient, dept.email, rendered.subject, rendered.text,
-             rendered.html, message_id),
-        )).fetchone()
+                (
+                    note.key,
+                    note.ticket_id,
+                    note.template,
+                    recipient,
+                    dept.email,
+                    rendered.subject,
+                    rendered.text,
+                    rendered.html,
+                    message_id,
+                ),
+            )
+        ).fetchone()
         return row
 
     async def _context(
@@ -408,9 +519,11 @@ class TicketActivities:
                 ctx["due_at"] = (datetime.now(tz) + timedelta(seconds=left)).strftime("%Y-%m-%d %H:%M %Z")
         if note.template == "agent_reply":
             seq = int(note.context["seq"])
-            msg = await (await conn.execute(
-                "SELECT author, body FROM messages WHERE ticket_id = %s AND seq = %s", (ticket["id"], seq)
-            )).fetchone()
+            msg = await (
+                await conn.execute(
+                    "SELECT author, body FROM messages WHERE ticket_id = %s AND seq = %s", (ticket["id"], seq)
+                )
+            ).fetchone()
             if msg is None:
                 raise ApplicationError(f"message {seq} of ticket {ticket['id']} not found", non_retryable=True)
             ctx["message"] = msg

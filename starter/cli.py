@@ -1,1 +1,331 @@
-"""placeholder replaced below"""
+"""`ticketflow`: run the embedded stack or a worker, and open, inspect and work tickets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from starter.client import (
+    InvalidTransition,
+    TicketClient,
+    TicketError,
+    TicketNotFound,
+    TicketValidationError,
+)
+from ticketflow.config import Settings
+from ticketflow.models import Priority, Status, TicketState
+
+app = typer.Typer(
+    help="ticketflow: every help-desk ticket a durable Temporal workflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+# --- plumbing -----------------------------------------------------------------------------------------
+
+
+def _run(factory: Callable[[TicketClient], Awaitable[T]]) -> T:
+    settings = Settings()
+
+    async def go() -> T:
+        try:
+            client = await TicketClient.connect(
+                settings.temporal_address, settings.temporal_namespace, settings.task_queue
+            )
+        except ConnectionError as err:
+            err_console.print(f"[red]error:[/] {err}\n(is `ticketflow dev` or a Temporal server running?)")
+            raise typer.Exit(1) from None
+        return await factory(client)
+
+    try:
+        return asyncio.run(go())
+    except TicketValidationError as err:
+        err_console.print(f"[red]invalid input:[/] {err}")
+        raise typer.Exit(2) from None
+    except TicketNotFound as err:
+        err_console.print(f"[red]not found:[/] {err}")
+        raise typer.Exit(1) from None
+    except InvalidTransition as err:
+        err_console.print(f"[red]not allowed:[/] {err}")
+        raise typer.Exit(1) from None
+    except (TicketError, ValueError) as err:
+        err_console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+def _print_state(state: TicketState, as_json: bool = False) -> None:
+    if as_json:
+        console.print_json(state.model_dump_json())
+        return
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    rows: list[tuple[str, Any]] = [
+        ("ticket", state.ticket_id),
+        ("status", state.status),
+        ("channel", state.channel),
+        ("department", state.department),
+        ("category", state.category),
+        ("priority", state.priority),
+        ("language", state.language),
+        ("tier", state.tier),
+        ("queue", state.queue),
+        ("assignee", state.assignee),
+        ("created", state.created_at),
+        ("first response", state.first_response_at),
+        ("resolved", state.resolved_at),
+        ("SLA breached", state.sla_breached),
+        ("messages", state.messages),
+    ]
+    for k, v in rows:
+        t.add_row(k, "-" if v is None else str(v))
+    console.print(t)
+    if state.sla or state.tier_clock:
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        sla = Table(title="clocks")
+        for col in ("clock", "target", "elapsed", "state", "due at", "breached"):
+            sla.add_column(col)
+        clocks = list(state.sla.values()) + ([state.tier_clock] if state.tier_clock else [])
+        for c in clocks:
+            st = "met" if c.fulfilled_at else ("paused" if c.paused else "running")
+            due = c.due_at(now)
+            sla.add_row(
+                c.metric,
+                str(timedelta(seconds=c.target_seconds)),
+                str(timedelta(seconds=int(c.elapsed(now)))),
+                st,
+                due.isoformat(timespec="seconds") if due else "-",
+                "yes" if c.breached else "no",
+            )
+        console.print(sla)
+    if state.categorisation_reasons:
+        console.print("[bold]why:[/] " + "; ".join(state.categorisation_reasons))
+    for e in state.escalations:
+        console.print(
+            f"[bold]escalated[/] {e.from_tier} -> {e.to_tier} ({e.cause}) at {e.at:%Y-%m-%d %H:%M}: {e.reason}"
+        )
+    for r in state.ratings:
+        console.print(f"[bold]rated[/] {r.raw} (score {r.score}) for resolution {r.resolution} by {r.agent}")
+
+
+_DURATION = re.compile(r"^(\d+)\s*([smhd])$")
+
+
+def parse_duration(value: str) -> timedelta:
+    m = _DURATION.match(value.strip())
+    if not m:
+        raise typer.BadParameter(f"{value!r} is not a duration like 30m, 2h, 1d")
+    n, unit = int(m.group(1)), m.group(2)
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    return timedelta(**{units[unit]: n})
+
+
+# --- running things ------------------------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    demo: Annotated[int, typer.Option(help="Submit N realistic tickets and work some of them.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Random seed for the demo (default: new tickets each run).")] = None,
+    ui_port: Annotated[int, typer.Option(help="Temporal UI port.")] = 8233,
+) -> None:
+    """Run everything locally: Temporal dev server, PostgreSQL, SMTP sink, worker and metrics."""
+    from starter.dev import run_dev
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_dev(Settings(), console, demo=demo, seed=seed or random.randrange(1 << 30), ui_port=ui_port))
+    except (RuntimeError, ConnectionError, TimeoutError, FileNotFoundError) as err:
+        err_console.print(f"[red]ticketflow dev failed:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against TICKETFLOW_TEMPORAL_ADDRESS and DATABASE_URL (production mode)."""
+    from worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_worker(Settings()))
+    except ConnectionError as err:
+        err_console.print(f"[red]worker cannot start:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+# --- tickets -------------------------------------------------------------------------------------------
+
+
+@app.command("open")
+def open_ticket(
+    subject: Annotated[str | None, typer.Option()] = None,
+    body: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(help="Customer name.")] = None,
+    email: Annotated[str | None, typer.Option(help="Customer email.")] = None,
+    channel: Annotated[str, typer.Option()] = "api",
+    customer_type: Annotated[str, typer.Option("--type", help="regular, vip, partner or reseller.")] = "regular",
+    region: Annotated[str | None, typer.Option()] = None,
+    language: Annotated[str | None, typer.Option()] = None,
+    external_id: Annotated[str | None, typer.Option(help="External message id (deduplicates).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag (repeatable).")] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Read the whole ticket as JSON from a file, or - for stdin.")
+    ] = None,
+) -> None:
+    """Open a ticket (validated before anything starts)."""
+    if json_file is not None:
+        text = sys.stdin.read() if str(json_file) == "-" else json_file.read_text("utf-8")
+        try:
+            payload: dict[str, Any] = json.loads(text)
+        except json.JSONDecodeError as err:
+            err_console.print(f"[red]invalid input:[/] not JSON: {err}")
+            raise typer.Exit(2) from None
+    else:
+        customer = {
+            k: v
+            for k, v in {
+                "name": name,
+                "email": email,
+                "type": customer_type,
+                "region": region,
+                "language": language,
+            }.items()
+            if v is not None
+        }
+        payload = {
+            "subject": subject,
+            "body": body,
+            "customer": customer,
+            "channel": channel,
+            "external_message_id": external_id,
+            "tags": tag or [],
+        }
+        payload = {k: v for k, v in payload.items() if v is not None}
+    opened = _run(lambda c: c.open(payload))
+    if opened.duplicate:
+        console.print(f"ticket [bold]{opened.ticket_id}[/] already exists for this message (not opened twice)")
+    else:
+        console.print(f"opened ticket [bold]{opened.ticket_id}[/] (workflow {opened.workflow_id})")
+
+
+@app.command()
+def show(ticket: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show a ticket's full state: routing, SLA clocks, escalations, ratings."""
+    _print_state(_run(lambda c: c.get(ticket)), as_json)
+
+
+@app.command()
+def reply(
+    ticket: str,
+    agent: Annotated[str, typer.Option()],
+    body: Annotated[str, typer.Option()],
+    pend: Annotated[bool, typer.Option(help="Then wait on the customer.")] = False,
+) -> None:
+    """Reply to the customer as an agent."""
+    _print_state(_run(lambda c: c.reply(ticket, agent, body, pend)))
+
+
+@app.command("customer-reply")
+def customer_reply(ticket: str, body: Annotated[str, typer.Option()]) -> None:
+    """Add a reply from the customer (reopens a resolved ticket)."""
+    _print_state(_run(lambda c: c.customer_reply(ticket, body)))
+
+
+@app.command()
+def pend(ticket: str, agent: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()] = "") -> None:
+    """Wait on the customer: SLA and tier clocks pause."""
+    _print_state(_run(lambda c: c.pend(ticket, agent, reason)))
+
+
+@app.command()
+def resolve(ticket: str, agent: Annotated[str, typer.Option()], note: Annotated[str, typer.Option()] = "") -> None:
+    """Resolve a ticket; the CSAT survey follows after the configured delay."""
+    _print_state(_run(lambda c: c.resolve(ticket, agent, note)))
+
+
+@app.command()
+def reopen(ticket: str, actor: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()] = "") -> None:
+    """Reopen a resolved ticket."""
+    _print_state(_run(lambda c: c.reopen(ticket, actor, reason)))
+
+
+@app.command()
+def escalate(ticket: str, actor: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()]) -> None:
+    """Move a ticket up one tier now, with a reason."""
+    _print_state(_run(lambda c: c.escalate(ticket, actor, reason)))
+
+
+@app.command()
+def rate(ticket: str, rating: str, comment: Annotated[str, typer.Option()] = "") -> None:
+    """Record a CSAT rating: 1-5, good or bad."""
+    value: int | str = int(rating) if rating.isdigit() else rating
+    _print_state(_run(lambda c: c.rate(ticket, value, comment)))
+
+
+@app.command("list")
+def list_tickets(
+    department: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[Status | None, typer.Option()] = None,
+    priority: Annotated[Priority | None, typer.Option()] = None,
+    tier: Annotated[int | None, typer.Option(min=1, max=4)] = None,
+    min_tier: Annotated[int | None, typer.Option(min=1, max=4)] = None,
+    breached: Annotated[bool | None, typer.Option("--breached/--not-breached")] = None,
+    due_within: Annotated[str | None, typer.Option(help="SLA due within e.g. 30m, 2h.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List tickets through Temporal visibility (search attributes)."""
+    window = parse_duration(due_within) if due_within else None
+    rows = _run(
+        lambda c: c.list(
+            limit=limit,
+            department=department,
+            status=status,
+            priority=priority,
+            tier=tier,
+            min_tier=min_tier,
+            breached=breached,
+            due_within=window,
+        )
+    )
+    if as_json:
+        console.print_json(json.dumps([r.model_dump(mode="json") for r in rows]))
+        return
+    t = Table(title=f"{len(rows)} tickets")
+    t.add_column("ticket", no_wrap=True, min_width=12)
+    for col in ("status", "department", "priority", "tier", "breached", "SLA due (UTC)", "channel", "opened (UTC)"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(
+            r.ticket_id,
+            r.status or "-",
+            r.department or "-",
+            r.priority or "-",
+            str(r.tier or "-"),
+            "yes" if r.sla_breached else "no",
+            f"{r.sla_due_at:%m-%d %H:%M}" if r.sla_due_at else "-",
+            r.channel or "-",
+            f"{r.started_at:%m-%d %H:%M}",
+        )
+    console.print(t)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,8 +1,8 @@
 """The client SDK for integrations: open and drive tickets through Temporal in a few lines.
 
-    client = await TicketClient.connect("127.0.0.1:7233")
-    opened = await client.open({"subject": ..., "body": ..., "customer": {...}, "channel": "email"})
-    await client.reply(opened.ticket_id, agent="anna", body="Fixed, please retry.")
+client = await TicketClient.connect("127.0.0.1:7233")
+opened = await client.open({"subject": ..., "body": ..., "customer": {...}, "channel": "email"})
+await client.reply(opened.ticket_id, agent="anna", body="Fixed, please retry.")
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from ticketflow import contract, search
-from ticketflow.ids import parse_ticket_id, ticket_id_for, workflow_id
+from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import (
     AgentReply,
     CustomerReply,
@@ -85,9 +85,7 @@ class TicketSummary(BaseModel):
 
 
 def validation_message(err: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(ticket)'}: {e['msg']}" for e in err.errors()
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(ticket)'}: {e['msg']}" for e in err.errors())
 
 
 def _quote(value: str) -> str:
@@ -162,10 +160,12 @@ class TicketClient:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 memo={"intake_nonce": nonce},
-                search_attributes=TypedSearchAttributes([
-                    SearchAttributePair(search.TICKET_STATUS, str(Status.NEW)),
-                    SearchAttributePair(search.CHANNEL, str(valid.channel)),
-                ]),
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(search.TICKET_STATUS, str(Status.NEW)),
+                        SearchAttributePair(search.CHANNEL, str(valid.channel)),
+                    ]
+                ),
                 static_summary=f"Ticket {tid} via {valid.channel}",
             )
         except WorkflowAlreadyStartedError:
@@ -189,18 +189,20 @@ class TicketClient:
         out: list[TicketSummary] = []
         async for wf in self.client.list_workflows(query, limit=limit):
             sa = wf.typed_search_attributes
-            out.append(TicketSummary(
-                ticket_id=wf.id.removeprefix("ticket-"),
-                status=sa.get(search.TICKET_STATUS),
-                department=sa.get(search.DEPARTMENT),
-                priority=sa.get(search.TICKET_PRIORITY),
-                tier=sa.get(search.TICKET_TIER),
-                sla_breached=sa.get(search.SLA_BREACHED),
-                sla_due_at=sa.get(search.SLA_DUE_AT),
-                channel=sa.get(search.CHANNEL),
-                category=sa.get(search.TICKET_CATEGORY),
-                started_at=wf.start_time,
-            ))
+            out.append(
+                TicketSummary(
+                    ticket_id=wf.id.removeprefix("ticket-"),
+                    status=sa.get(search.TICKET_STATUS),
+                    department=sa.get(search.DEPARTMENT),
+                    priority=sa.get(search.TICKET_PRIORITY),
+                    tier=sa.get(search.TICKET_TIER),
+                    sla_breached=sa.get(search.SLA_BREACHED),
+                    sla_due_at=sa.get(search.SLA_DUE_AT),
+                    channel=sa.get(search.CHANNEL),
+                    category=sa.get(search.TICKET_CATEGORY),
+                    started_at=wf.start_time,
+                )
+            )
         return out
 
     async def final_state(self, ticket_id: str) -> TicketState:
@@ -209,18 +211,18 @@ class TicketClient:
         return await self._call(ticket_id, lambda _: handle.result())
 
     async def wait_for(
-        self, ticket_id: str, status: Status | str, timeout: float = 30.0, poll: float = 0.2
+        self, ticket_id: str, status: Status | str, within: float = 30.0, poll: float = 0.2
     ) -> TicketState:
         """Poll the state query until the ticket reaches `status` (or the workflow has ended in it)."""
         want = Status(status)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while True:
             state = await self.get(ticket_id)
             if state.status == want:
                 return state
             if loop.time() >= deadline:
-                raise TimeoutError(f"ticket {ticket_id} is {state.status}, not {want}, after {timeout}s")
+                raise TimeoutError(f"ticket {ticket_id} is {state.status}, not {want}, after {within}s")
             await asyncio.sleep(poll)
 
     # --- acting -------------------------------------------------------------------------------------
@@ -228,9 +230,7 @@ class TicketClient:
     async def reply(self, ticket_id: str, agent: str, body: str, pend: bool = False) -> TicketState:
         return await self._update(ticket_id, contract.AGENT_REPLY, AgentReply, agent=agent, body=body, pend=pend)
 
-    async def customer_reply(
-        self, ticket_id: str, body: str, external_message_id: str | None = None
-    ) -> TicketState:
+    async def customer_reply(self, ticket_id: str, body: str, external_message_id: str | None = None) -> TicketState:
         return await self._update(
             ticket_id, contract.CUSTOMER_REPLY, CustomerReply, body=body, external_message_id=external_message_id
         )

@@ -64,8 +64,19 @@ class TemporalDevServer:
         return f"http://{self.host}:{self.ui_port}" if self.ui_port else None
 
     def command(self) -> list[str]:
-        cmd = [str(venv_binary("temporal")), "server", "start-dev", "--ip", self.host, "--port", str(self.port),
-               "--log-level", "warn", *search.cli_flags(), *self.extra_args]
+        cmd = [
+            str(venv_binary("temporal")),
+            "server",
+            "start-dev",
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warn",
+            *search.cli_flags(),
+            *self.extra_args,
+        ]
         if self.ui_port:
             cmd += ["--ui-ip", self.host, "--ui-port", str(self.ui_port)]
         else:
@@ -82,9 +93,11 @@ class TemporalDevServer:
             )
         if self.db_file:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115
+        self._log = open(self.log_file, "ab") if self.log_file else None
         self.process = subprocess.Popen(
-            self.command(), stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            self.command(),
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -138,10 +151,10 @@ class EmbeddedPostgres:
             self.server = None
 
 
-async def wait_for_temporal(address: str, timeout: float = 60.0) -> None:
+async def wait_for_temporal(address: str, within: float = 60.0) -> None:
     from ticketflow.temporal import connect
 
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
             await connect(address)  # the SDK checks the server's system info on connect

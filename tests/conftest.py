@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor, OutboundInterceptor, StartWorkflowInput, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -93,6 +93,43 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await register_search_attributes(env.client)
     yield env
     await env.shutdown()
+
+
+class StartRecorder(Interceptor):
+    """Remembers every workflow a test starts, so the test can terminate what it left running."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        recorder = self
+
+        class _Outbound(OutboundInterceptor):
+            async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+                recorder.ids.append(input.id)
+                return await super().start_workflow(input)
+
+        return _Outbound(next)
+
+
+async def terminate_leftovers(client: Client, ids: list[str]) -> None:
+    for wid in dict.fromkeys(ids):
+        try:
+            await client.get_workflow_handle(wid).terminate("test finished")
+        except Exception:  # already closed: nothing to clean
+            pass
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def ts_client(ts_env: WorkflowEnvironment) -> AsyncIterator[Client]:
+    """The time-skipping client for one test. Timers of tickets a test leaves open would fire
+    during the next test's time skips with no worker to run them, so they are terminated."""
+    recorder = StartRecorder()
+    config = ts_env.client.config()
+    config["interceptors"] = [*config["interceptors"], recorder]
+    client = Client(**config)
+    yield client
+    await terminate_leftovers(client, recorder.ids)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from starter.client import TicketClient
@@ -24,17 +25,28 @@ def mails_for(smtp: SmtpSink, ticket_id: str) -> list[Any]:
 
 async def audit(pool: Pool, ticket_id: str) -> list[dict[str, Any]]:
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT seq, event, actor, detail FROM audit_log WHERE ticket_id = %s ORDER BY seq",
-                                 (ticket_id,))
+        cur = await conn.execute(
+            "SELECT seq, event, actor, detail FROM audit_log WHERE ticket_id = %s ORDER BY seq", (ticket_id,)
+        )
         return await cur.fetchall()
 
 
 async def test_full_lifecycle(
-    ts_env: WorkflowEnvironment, make_worker: WorkerFactory, task_queue: str, pool: Pool, smtp: SmtpSink
+    ts_env: WorkflowEnvironment,
+    ts_client: Client,
+    make_worker: WorkerFactory,
+    task_queue: str,
+    pool: Pool,
+    smtp: SmtpSink,
 ) -> None:
-    tickets = TicketClient(ts_env.client, task_queue)
-    async with make_worker(ts_env.client, task_queue):
-        opened = await tickets.open(ticket(subject="Invoice charged twice", body="You charged my credit card twice for invoice 1234. Please refund."))
+    tickets = TicketClient(ts_client, task_queue)
+    async with make_worker(ts_client, task_queue):
+        opened = await tickets.open(
+            ticket(
+                subject="Invoice charged twice",
+                body="You charged my credit card twice for invoice 1234. Please refund.",
+            )
+        )
         assert not opened.duplicate
         state = await tickets.wait_for(opened.ticket_id, Status.OPEN)
         assert state.department == "billing" and state.category == "billing"
@@ -76,12 +88,14 @@ async def test_full_lifecycle(
         assert final.status == Status.CLOSED
 
     async with pool.connection() as conn:
-        rating = await (await conn.execute(
-            "SELECT score, agent, tier, department FROM csat_ratings WHERE ticket_id = %s", (opened.ticket_id,)
-        )).fetchone()
-        status = await (await conn.execute(
-            "SELECT status, closed_at FROM tickets WHERE id = %s", (opened.ticket_id,)
-        )).fetchone()
+        rating = await (
+            await conn.execute(
+                "SELECT score, agent, tier, department FROM csat_ratings WHERE ticket_id = %s", (opened.ticket_id,)
+            )
+        ).fetchone()
+        status = await (
+            await conn.execute("SELECT status, closed_at FROM tickets WHERE id = %s", (opened.ticket_id,))
+        ).fetchone()
     assert rating == {"score": 5, "agent": "james", "tier": 1, "department": "billing"}
     assert status is not None and status["status"] == "closed" and status["closed_at"] is not None
 

@@ -47,9 +47,7 @@ def detect_language(text: str, supported: Iterable[str], fallback: str = "en") -
     if by_script and by_script in allowed:
         return by_script, f"script is {by_script}"
     words = _WORD.findall(text.casefold())
-    scores = {
-        lang: sum(1 for w in words if w in stops) for lang, stops in _STOPWORDS.items() if lang in allowed
-    }
+    scores = {lang: sum(1 for w in words if w in stops) for lang, stops in _STOPWORDS.items() if lang in allowed}
     if scores:
         best = max(scores, key=lambda k: scores[k])
         if scores[best] >= 2:
@@ -77,9 +75,7 @@ def keyword_hits(text: str, keywords: Mapping[str, list[str]], language: str) ->
     return hits
 
 
-def _conditions_hold(
-    channels: list[Channel], customer_types: list[CustomerType], ticket: TicketIn
-) -> bool:
+def _conditions_hold(channels: list[Channel], customer_types: list[CustomerType], ticket: TicketIn) -> bool:
     if channels and ticket.channel not in channels:
         return False
     return not customer_types or ticket.customer.type in customer_types

@@ -120,6 +120,7 @@ class TicketWorkflow:
         s = self.state
         s.channel, s.customer_type, s.created_at = intake.channel, intake.customer_type, intake.created_at
         s.audit_seq = max(s.audit_seq, 1)  # seq 1 is the 'created' entry written by intake
+        s.messages = 1  # the customer's opening message
 
         cat = await self._activity(
             contract.CATEGORISE, CategoriseRequest(ticket_id=s.ticket_id, seq=self._next_seq()), Categorisation
@@ -219,8 +220,13 @@ class TicketWorkflow:
         top = max(due)
         skipped = [f for f in due if f != top]
         clock.reminders_sent.extend(f for f in due if f < 1.0)
-        detail = {"metric": clock.metric, "fraction": top, "target_seconds": clock.target_seconds,
-                  "elapsed_seconds": round(clock.elapsed(now), 3), "superseded": skipped}
+        detail = {
+            "metric": clock.metric,
+            "fraction": top,
+            "target_seconds": clock.target_seconds,
+            "elapsed_seconds": round(clock.elapsed(now), 3),
+            "superseded": skipped,
+        }
         if top >= 1.0:
             clock.breached = True
             self.state.sla_breached = True
@@ -239,8 +245,12 @@ class TicketWorkflow:
         routing = await self._activity(
             contract.ROUTE,
             RouteRequest(
-                ticket_id=s.ticket_id, seq=self._next_seq(), department=s.department, tier=tier,
-                step=f"route:{s.audit_seq}", at=at,
+                ticket_id=s.ticket_id,
+                seq=self._next_seq(),
+                department=s.department,
+                tier=tier,
+                step=f"route:{s.audit_seq}",
+                at=at,
             ),
             Routing,
         )
@@ -255,7 +265,8 @@ class TicketWorkflow:
         s.escalations.append(Escalation(from_tier=from_tier, to_tier=to_tier, cause=cause, reason=reason, at=now))
         routing = await self._route(to_tier, now)
         await self._record(
-            "escalated", SYSTEM if cause == "timer" else cause,
+            "escalated",
+            SYSTEM if cause == "timer" else cause,
             {"from_tier": from_tier, "to_tier": to_tier, "cause": cause, "reason": reason, "agent": routing.agent},
         )
         context = {"from_tier": from_tier, "to_tier": to_tier, "cause": cause, "reason": reason}
@@ -275,7 +286,10 @@ class TicketWorkflow:
     def _new_clock(self, metric: str, target: int, at: datetime, running: bool = True) -> SlaClock:
         fractions = self.state.policy.reminder_fractions if self.state.policy and metric != "tier" else []
         return SlaClock(
-            metric=metric, target_seconds=target, started_at=at, running_since=at if running else None,
+            metric=metric,
+            target_seconds=target,
+            started_at=at,
+            running_since=at if running else None,
             reminder_fractions=fractions,
         )
 
@@ -301,16 +315,31 @@ class TicketWorkflow:
 
     async def _activity(self, name: str, arg: Any, result_type: type[Any] | None = None) -> Any:
         return await workflow.execute_activity(
-            name, arg, result_type=result_type, start_to_close_timeout=STEP_TIMEOUT, retry_policy=STEP_RETRY,
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY,
         )
 
     async def _record(
-        self, event: str, actor: str, detail: dict[str, Any], *, update: dict[str, Any] | None = None,
+        self,
+        event: str,
+        actor: str,
+        detail: dict[str, Any],
+        *,
+        update: dict[str, Any] | None = None,
         message: MessageRecord | None = None,
     ) -> None:
         entry = AuditEntry(
-            ticket_id=self.state.ticket_id, seq=self._next_seq(), event=event, actor=actor, at=workflow.now(),
-            detail=detail, message=message, ticket_update=update or {},
+            ticket_id=self.state.ticket_id,
+            seq=self._next_seq(),
+            event=event,
+            actor=actor,
+            at=workflow.now(),
+            detail=detail,
+            message=message,
+            ticket_update=update or {},
         )
         await self._activity(contract.RECORD_EVENT, entry)
 
@@ -319,11 +348,17 @@ class TicketWorkflow:
     ) -> NotificationResult:
         s = self.state
         note = Notification(
-            key=key or f"{template}:{s.ticket_id}:{s.audit_seq}:{to}", ticket_id=s.ticket_id, template=template,
-            to=to, context=context or {},
+            key=key or f"{template}:{s.ticket_id}:{s.audit_seq}:{to}",
+            ticket_id=s.ticket_id,
+            template=template,
+            to=to,
+            context=context or {},
         )
         result: NotificationResult = await workflow.execute_activity(
-            contract.NOTIFY, note, result_type=NotificationResult, start_to_close_timeout=MAIL_TIMEOUT,
+            contract.NOTIFY,
+            note,
+            result_type=NotificationResult,
+            start_to_close_timeout=MAIL_TIMEOUT,
             retry_policy=MAIL_RETRY,
         )
         return result
@@ -381,7 +416,10 @@ class TicketWorkflow:
                 self._pause_clocks(now)
                 update["status"] = Status.PENDING
             await self._record(
-                "agent_reply", req.agent, {"pend": req.pend, "status": s.status}, update=update,
+                "agent_reply",
+                req.agent,
+                {"pend": req.pend, "status": s.status},
+                update=update,
                 message=MessageRecord(author_kind="agent", author=req.agent, body=req.body),
             )
             await self._notify("agent_reply", "customer", context={"agent": req.agent, "seq": s.audit_seq})
@@ -405,9 +443,14 @@ class TicketWorkflow:
                 self._resume_clocks(now)
                 update["status"] = Status.OPEN
             await self._record(
-                "customer_reply", "customer", {"status_before": before}, update=update,
+                "customer_reply",
+                "customer",
+                {"status_before": before},
+                update=update,
                 message=MessageRecord(
-                    author_kind="customer", author="customer", body=req.body,
+                    author_kind="customer",
+                    author="customer",
+                    body=req.body,
                     external_message_id=req.external_message_id,
                 ),
             )
@@ -449,7 +492,9 @@ class TicketWorkflow:
             s.survey_due_at = now + timedelta(seconds=s.policy.csat_delay_seconds)
             s.close_at = s.survey_due_at + timedelta(seconds=s.policy.csat_window_seconds)
             await self._record(
-                "resolved", req.agent, {"resolution": req.resolution, "n": s.resolutions, "tier": s.tier},
+                "resolved",
+                req.agent,
+                {"resolution": req.resolution, "n": s.resolutions, "tier": s.tier},
                 update={"status": Status.RESOLVED, "resolved_at": now},
             )
             await self._notify("resolved", "customer", key=f"resolved:{s.ticket_id}:{s.resolutions}")
@@ -479,8 +524,12 @@ class TicketWorkflow:
         s.survey_due_at = s.close_at = None  # an unsent survey is cancelled
         s.sla["resolution"] = self._new_clock("resolution", s.policy.resolution_seconds, now)
         s.tier_clock = self._new_clock("tier", s.policy.tier_budget_seconds[s.tier], now)
-        await self._record("reopened", actor, {"reason": reason, "resolution": s.resolutions},
-                           update={"status": Status.OPEN, "resolved_at": None})
+        await self._record(
+            "reopened",
+            actor,
+            {"reason": reason, "resolution": s.resolutions},
+            update={"status": Status.OPEN, "resolved_at": None},
+        )
 
     @workflow.update(name=contract.ESCALATE)
     async def escalate(self, req: EscalateRequest) -> TicketState:
@@ -503,8 +552,13 @@ class TicketWorkflow:
             s, now = self.state, workflow.now()
             assert s.department is not None
             rating = Rating(
-                score=req.score, raw=req.rating, resolution=s.resolutions, agent=s.resolved_by, tier=s.tier,
-                department=s.department, at=now,
+                score=req.score,
+                raw=req.rating,
+                resolution=s.resolutions,
+                agent=s.resolved_by,
+                tier=s.tier,
+                department=s.department,
+                at=now,
             )
             s.ratings = [r for r in s.ratings if r.resolution != s.resolutions] + [rating]
             await self._activity(
