@@ -81,9 +81,8 @@ def build_message(
     return msg
 
 
-async def send(settings: SmtpSettings, msg: EmailMessage) -> None:
-    await aiosmtplib.send(
-        msg,
+async def connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
+    smtp = aiosmtplib.SMTP(
         hostname=settings.host,
         port=settings.port,
         username=settings.username,
@@ -91,6 +90,15 @@ async def send(settings: SmtpSettings, msg: EmailMessage) -> None:
         start_tls=settings.starttls,
         timeout=settings.timeout,
     )
+    await smtp.connect()
+    return smtp
+
+
+async def close(smtp: aiosmtplib.SMTP) -> None:
+    try:
+        await smtp.quit()
+    except aiosmtplib.SMTPException:
+        smtp.close()
 
 
 def is_permanent(err: Exception) -> bool:

@@ -213,8 +213,8 @@ class TicketActivities:
             resolution_seconds=target.resolution_minutes * 60,
             reminder_fractions=list(cfg.sla.reminder_fractions),
             tier_budget_seconds={t.level: t.budget_minutes * 60 for t in cfg.tiers},
-            csat_delay_seconds=cfg.csat.delay_minutes * 60,
-            csat_window_seconds=cfg.csat.window_hours * 3600,
+            csat_delay_seconds=round(cfg.csat.delay_minutes * 60),
+            csat_window_seconds=round(cfg.csat.window_minutes * 60),
         )
 
     @activity.defn(name=contract.ROUTE)
@@ -390,54 +390,84 @@ class TicketActivities:
 
     @activity.defn(name=contract.NOTIFY)
     async def notify(self, note: Notification) -> NotificationResult:
-        async with self.pool.connection() as conn, conn.transaction():
-            # The row lock serialises concurrent attempts of the same key: one sends, the other sees 'sent'.
-            row = await (
-                await conn.execute(
-                    "SELECT status, recipient, message_id FROM outbox WHERE key = %s FOR UPDATE", (note.key,)
-                )
-            ).fetchone()
-            if row is None:
-                prepared = await self._prepare(conn, note)
-                if prepared is None:
-                    return NotificationResult(key=note.key, status="no_recipient")
-                row = prepared
-            if row["status"] == "sent":
-                return NotificationResult(
-                    key=note.key, status="already_sent", recipient=row["recipient"], message_id=row["message_id"]
-                )
-            if row["status"] == "failed":
-                return NotificationResult(key=note.key, status="failed", recipient=row["recipient"])
-            out = await (await conn.execute("SELECT * FROM outbox WHERE key = %s", (note.key,))).fetchone()
-            assert out is not None
-            rendered = mail.RenderedMail(out["subject"], out["body_text"], out["body_html"])
+        async with self.pool.connection() as conn:
+            async with conn.transaction():  # render into the outbox once; later attempts reuse the row
+                row = await self._outbox_row(conn, note.key, lock=True)
+                if row is None:
+                    row = await self._prepare(conn, note)
+                    if row is None:
+                        return NotificationResult(key=note.key, status="no_recipient")
+            if row["status"] != "pending":
+                return self._result(note.key, row)
             msg = mail.build_message(
-                sender=out["sender"],
-                recipient=out["recipient"],
-                mail=rendered,
-                message_id=out["message_id"],
+                sender=row["sender"],
+                recipient=row["recipient"],
+                mail=mail.RenderedMail(row["subject"], row["body_text"], row["body_html"]),
+                message_id=row["message_id"],
                 in_reply_to=self._thread_id(note.ticket_id) if note.template != "acknowledgement" else None,
             )
-            try:
-                await mail.send(self.smtp, msg)
-            except Exception as err:
-                if mail.is_permanent(err):
-                    await conn.execute(
-                        "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = %s WHERE key = %s",
-                        (str(err), note.key),
-                    )
-                    metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
-                    return NotificationResult(key=note.key, status="failed", recipient=out["recipient"])
-                metrics.NOTIFICATIONS.labels(template=note.template, outcome="retry").inc()
-                raise
-            await conn.execute(
-                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = now() WHERE key = %s",
+            await conn.execute(  # committed before any byte goes out, so an interrupted attempt is visible
+                "UPDATE outbox SET interrupted = interrupted + attempt_open::int, attempt_open = true,"
+                " attempts = attempts + 1 WHERE key = %s",
                 (note.key,),
             )
-            metrics.NOTIFICATIONS.labels(template=note.template, outcome="sent").inc()
-            return NotificationResult(
-                key=note.key, status="sent", recipient=out["recipient"], message_id=out["message_id"]
-            )
+            await conn.commit()
+            try:
+                smtp = await mail.connect(self.smtp)  # connect and EHLO outside the critical section
+            except Exception as err:
+                await self._attempt_failed(conn, note.key, err)
+                raise
+            try:
+                async with conn.transaction():
+                    # The row lock serialises attempts of one key. Between the relay's 250 to DATA and the
+                    # commit below lies the only window in which a crash can cause a second delivery: one
+                    # UPDATE and one COMMIT on the same connection. QUIT waits until after the commit.
+                    locked = await self._outbox_row(conn, note.key, lock=True)
+                    assert locked is not None
+                    if locked["status"] != "pending":
+                        return self._result(note.key, locked)
+                    try:
+                        await smtp.send_message(msg)
+                    except Exception as err:
+                        if not mail.is_permanent(err):
+                            metrics.NOTIFICATIONS.labels(template=note.template, outcome="retry").inc()
+                            raise
+                        await conn.execute(
+                            "UPDATE outbox SET status = 'failed', attempt_open = false, last_error = %s WHERE key = %s",
+                            (str(err), note.key),
+                        )
+                        metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
+                        return NotificationResult(key=note.key, status="failed", recipient=row["recipient"])
+                    await conn.execute(
+                        "UPDATE outbox SET status = 'sent', attempt_open = false, sent_at = now() WHERE key = %s",
+                        (note.key,),
+                    )
+            except Exception as err:
+                if not mail.is_permanent(err):
+                    await self._attempt_failed(conn, note.key, err)
+                raise
+            finally:
+                await mail.close(smtp)
+        metrics.NOTIFICATIONS.labels(template=note.template, outcome="sent").inc()
+        return NotificationResult(key=note.key, status="sent", recipient=row["recipient"], message_id=row["message_id"])
+
+    @staticmethod
+    async def _attempt_failed(conn: AsyncConnection[dict[str, Any]], key: str, err: Exception) -> None:
+        """A transient failure is a finished attempt (nothing delivered): close it for the retry."""
+        await conn.execute(
+            "UPDATE outbox SET attempt_open = false, last_error = %s WHERE key = %s", (repr(err)[:2000], key)
+        )
+        await conn.commit()
+
+    @staticmethod
+    async def _outbox_row(conn: AsyncConnection[dict[str, Any]], key: str, lock: bool) -> dict[str, Any] | None:
+        sql = "SELECT * FROM outbox WHERE key = %s" + (" FOR UPDATE" if lock else "")
+        return await (await conn.execute(sql, (key,))).fetchone()  # type: ignore[arg-type]
+
+    @staticmethod
+    def _result(key: str, row: dict[str, Any]) -> NotificationResult:
+        status = "already_sent" if row["status"] == "sent" else row["status"]
+        return NotificationResult(key=key, status=status, recipient=row["recipient"], message_id=row["message_id"])
 
     @staticmethod
     def _thread_id(ticket_id: str) -> str:
@@ -474,7 +504,7 @@ class TicketActivities:
             INSERT INTO outbox (key, ticket_id, template, recipient, sender, subject, body_text, body_html,
                 message_id)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-            RETURNING status, recipient, message_id
+            RETURNING *
             """,
                 (
                     note.key,
@@ -529,7 +559,7 @@ class TicketActivities:
             ctx["message"] = msg
             agent = agents.get(msg["author"])
             ctx["agent_name"] = agent.name if agent else msg["author"]
-        ctx["reopen_days"] = max(1, round(cfg.csat.window_hours / 24))
-        closes = datetime.now(tz) + timedelta(hours=cfg.csat.window_hours)
+        ctx["reopen_days"] = max(1, round(cfg.csat.window_minutes / 1440))
+        closes = datetime.now(tz) + timedelta(minutes=cfg.csat.window_minutes)
         ctx["survey_closes"] = closes.strftime("%Y-%m-%d %H:%M %Z")
         return ctx

@@ -129,8 +129,11 @@ class PriorityRule(_Cfg):
 
 
 class Csat(_Cfg):
-    delay_minutes: int = Field(default=60, ge=0)
-    window_hours: int = Field(default=168, gt=0)  # survey open, reopen possible; then the ticket closes
+    """After resolution: wait `delay_minutes`, send the survey, keep it (and reopening by reply) open
+    for `window_minutes`, then close the ticket. Fractions of a minute are allowed."""
+
+    delay_minutes: float = Field(default=60, ge=0)
+    window_minutes: float = Field(default=7 * 24 * 60, gt=0)
 
 
 class Config(_Cfg):
@@ -145,6 +148,16 @@ class Config(_Cfg):
     categories: list[CategoryRule]
     priority_rules: list[PriorityRule] = Field(default_factory=list)
     csat: Csat = Csat()
+
+    @field_validator("regions")
+    @classmethod
+    def _region_zones(cls, v: dict[Region, str]) -> dict[Region, str]:
+        for region, zone in v.items():
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError) as e:
+                raise ValueError(f"region {region}: unknown time zone {zone!r}") from e
+        return v
 
     @model_validator(mode="after")
     def _references(self) -> Self:

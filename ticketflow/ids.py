@@ -17,7 +17,7 @@ WORKFLOW_PREFIX = "ticket-"
 
 
 def ticket_id_for(external_message_id: str | None) -> str:
-    if external_message_id:
+    if external_message_id and external_message_id.strip():
         raw = hashlib.sha256(external_message_id.strip().encode("utf-8")).digest()
     else:
         raw = uuid.uuid4().bytes
@@ -32,5 +32,5 @@ def parse_ticket_id(value: str) -> str:
     """Accept `abc123…` or `ticket-abc123…`; raise ValueError on anything else."""
     tid = value.strip().lower().removeprefix(WORKFLOW_PREFIX)
     if not _ID.match(tid):
-        raise ValueError(f"not a ticket id: {value!r} (expected 12 characters a-z, 2-7)")
+        raise ValueError(f"not a ticket id: {value!r} (expected 4-32 characters from a-z and 2-7)")
     return tid

@@ -227,9 +227,13 @@ class RateRequest(_Strict):
     rating: int | str
     comment: Reason = ""
 
-    @field_validator("rating")
+    @field_validator("rating", mode="before")
     @classmethod
-    def _scale(cls, v: int | str) -> int | str:
+    def _scale(cls, v: object) -> int | str:
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise ValueError("rating must be 1-5 or 'good'/'bad'")
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v.strip())
         if isinstance(v, str):
             low = v.strip().lower()
             if low not in ("good", "bad"):

@@ -55,8 +55,13 @@ def detect_language(text: str, supported: Iterable[str], fallback: str = "en") -
     return fallback, f"no clear language signal; default {fallback}"
 
 
+# Variants that keyboards and mail clients produce for the same letter: typographic apostrophes
+# (smart punctuation turns "can't" into "can’t") and Romanian s/t with cedilla instead of comma.
+_FOLD = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "ş": "ș", "ţ": "ț"})
+
+
 def normalise(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+    return " ".join(unicodedata.normalize("NFC", text).casefold().translate(_FOLD).split())
 
 
 @lru_cache(maxsize=4096)

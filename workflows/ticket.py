@@ -63,8 +63,8 @@ MAIL_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
     non_retryable_error_types=[contract.PERMANENT_DELIVERY],
 )
-STEP_TIMEOUT = timedelta(seconds=30)
-MAIL_TIMEOUT = timedelta(seconds=60)
+STEP_TIMEOUT = timedelta(seconds=15)
+MAIL_TIMEOUT = timedelta(seconds=30)
 
 
 def _invalid(message: str) -> ApplicationError:

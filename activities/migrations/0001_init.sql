@@ -91,6 +91,10 @@ CREATE TABLE outbox (
     message_id    text NOT NULL UNIQUE,
     status        text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'failed')),
     attempts      integer NOT NULL DEFAULT 0,
+    -- true from just before an SMTP attempt until its outcome is recorded: a retry that finds it
+    -- true knows the previous attempt died mid-way (it may or may not have reached the relay).
+    attempt_open  boolean NOT NULL DEFAULT false,
+    interrupted   integer NOT NULL DEFAULT 0,
     last_error    text,
     created_at    timestamptz NOT NULL DEFAULT now(),
     sent_at       timestamptz

@@ -1,0 +1,92 @@
+"""Determinism: histories of every lifecycle path replay against the current workflow code.
+
+Histories recorded by earlier versions live in tests/histories/ and are replayed on every run, so a
+change that would break running tickets fails here first. Record new ones with
+`TICKETFLOW_RECORD_HISTORIES=1 make test PYTEST_ARGS=tests/test_replay.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from starter.client import TicketClient
+from tests.conftest import WorkerFactory
+from tests.factories import ticket
+from ticketflow.ids import workflow_id
+from ticketflow.models import Status
+from ticketflow.temporal import DATA_CONVERTER
+from worker import WORKFLOWS, sandbox_runner
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=list(WORKFLOWS), data_converter=DATA_CONVERTER, workflow_runner=sandbox_runner())
+
+
+async def drive_every_path(tickets: TicketClient, env: WorkflowEnvironment) -> dict[str, str]:
+    """Tickets that between them take every branch of the lifecycle."""
+    paths: dict[str, str] = {}
+
+    opened = await tickets.open(ticket(subject="URGENT: production down", body="Everything is down, emergency."))
+    tid = opened.ticket_id
+    await tickets.wait_for(tid, Status.OPEN)
+    paths["sla-breach-pend-escalate-reopen-rate-close"] = tid
+    await env.sleep(timedelta(minutes=16))  # first-response reminder
+    await tickets.pend(tid, "anna", "need logs")
+    await tickets.customer_reply(tid, "logs attached")
+    await env.sleep(timedelta(minutes=20))  # breach
+    await tickets.reply(tid, "anna", "Looking into it.")
+    await tickets.escalate(tid, "anna", "needs a specialist")
+    await tickets.resolve(tid, "dmitri")
+    await tickets.customer_reply(tid, "Still broken.")  # reopens
+    await tickets.reply(tid, "dmitri", "Now fixed for real.", pend=True)
+    await tickets.resolve(tid, "dmitri")
+    await env.sleep(timedelta(minutes=61))  # survey
+    await tickets.rate(tid, "good")
+    await env.sleep(timedelta(days=8))  # window ends: closed
+
+    opened = await tickets.open(ticket(subject="Where is my account name setting?", body="Hello, where is it?"))
+    await tickets.wait_for(opened.ticket_id, Status.OPEN)
+    paths["timer-escalation-to-tier-4"] = opened.ticket_id
+    await env.sleep(timedelta(days=4))
+    return paths
+
+
+async def test_histories_of_this_run_replay(
+    ts_env: WorkflowEnvironment, ts_client: Client, make_worker: WorkerFactory, task_queue: str
+) -> None:
+    tickets = TicketClient(ts_client, task_queue)
+    async with make_worker(ts_client, task_queue):
+        paths = await drive_every_path(tickets, ts_env)
+        assert (await tickets.final_state(paths["sla-breach-pend-escalate-reopen-rate-close"])).status == "closed"
+        assert (await tickets.get(paths["timer-escalation-to-tier-4"])).tier == 4
+        histories = {
+            name: await ts_client.get_workflow_handle(workflow_id(tid)).fetch_history() for name, tid in paths.items()
+        }
+    for name, history in histories.items():
+        await replayer().replay_workflow(history)
+        if os.environ.get("TICKETFLOW_RECORD_HISTORIES") == "1":
+            HISTORIES.mkdir(exist_ok=True)
+            (HISTORIES / f"{name}.json").write_text(history.to_json(), "utf-8")
+
+
+RECORDED = {p.stem: p.read_text("utf-8") for p in sorted(HISTORIES.glob("*.json"))}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+async def test_recorded_histories_replay(name: str) -> None:
+    history = WorkflowHistory.from_json(name, RECORDED[name])
+    result = await replayer().replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
+
+
+def test_recorded_histories_exist() -> None:
+    assert len(RECORDED) >= 2, "tests/histories/ lost its recorded histories"
