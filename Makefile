@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 dev: .venv
 	$(BIN)/ticketflow dev --demo $(DEMO)
 
-test: .venv
+test: .venv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: .venv

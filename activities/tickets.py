@@ -462,7 +462,7 @@ class TicketActivities:
     @staticmethod
     async def _outbox_row(conn: AsyncConnection[dict[str, Any]], key: str, lock: bool) -> dict[str, Any] | None:
         sql = "SELECT * FROM outbox WHERE key = %s" + (" FOR UPDATE" if lock else "")
-        return await (await conn.execute(sql, (key,))).fetchone()  # type: ignore[arg-type]
+        return await (await conn.execute(sql, (key,))).fetchone()
 
     @staticmethod
     def _result(key: str, row: dict[str, Any]) -> NotificationResult:

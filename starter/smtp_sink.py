@@ -32,11 +32,11 @@ class Received:
 
     def text(self) -> str:
         part = self.message.get_body(preferencelist=("plain",))
-        return part.get_content() if part is not None else ""  # type: ignore[no-any-return]
+        return part.get_content() if part is not None else ""
 
     def html(self) -> str:
         part = self.message.get_body(preferencelist=("html",))
-        return part.get_content() if part is not None else ""  # type: ignore[no-any-return]
+        return part.get_content() if part is not None else ""
 
 
 class SinkHandler:

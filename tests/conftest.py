@@ -79,7 +79,7 @@ async def register_search_attributes(client: Client) -> None:
     await client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=client.namespace,
-            search_attributes={k.name: types[k.indexed_value_type.name] for k in search.ALL},  # type: ignore[misc]
+            search_attributes={k.name: types[k.indexed_value_type.name] for k in search.ALL},
         )
     )
 

@@ -211,8 +211,15 @@ async def test_sigkilled_worker_loses_nothing_and_redelivers_only_interrupted_se
         ]
         opened = await asyncio.gather(*(tickets.open(p) for p in payloads))
         ids = [o.ticket_id for o in opened]
-        acked = lambda: sum(1 for m in smtp.messages if m.message_id in {f"<ack.{t}@ticketflow>" for t in ids})  # noqa: E731
-        await poll(lambda: asyncio.sleep(0, acked()), lambda k: k >= 3, within=60)
+        ack_ids = {f"<ack.{t}@ticketflow>" for t in ids}
+
+        def acked() -> int:
+            return sum(1 for m in smtp.messages if m.message_id in ack_ids)
+
+        async def acked_now() -> int:
+            return acked()
+
+        await poll(acked_now, lambda k: k >= 3, within=60)
         worker.kill()  # mid-flight: some tickets acknowledged, others not yet
         killed_at = acked()
         assert killed_at < n, "the worker finished everything before it was killed; the test proved nothing"

@@ -36,8 +36,6 @@ async def connect(address: str, namespace: str = "default", sdk_metrics_bind: st
             )
         )
     try:
-        return await Client.connect(
-            address, namespace=namespace, data_converter=DATA_CONVERTER, **({"runtime": runtime} if runtime else {})
-        )
+        return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER, runtime=runtime)
     except RuntimeError as err:
         raise ConnectionError(f"cannot reach Temporal at {address} (namespace {namespace}): {err}") from err

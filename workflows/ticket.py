@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         TicketWorkflowInput,
     )
 
+T = TypeVar("T")
 MAX_TIER = 4
 SYSTEM = "system"
 
@@ -94,7 +95,7 @@ class TicketWorkflow:
             async with self._lock:
                 await self._fire_due_events()
             self._publish_search_attributes()
-            if workflow.info().is_continue_as_new_suggested() and self.state.status != Status.CLOSED:
+            if workflow.info().is_continue_as_new_suggested() and not self._closed():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(TicketWorkflowInput(resume=self.state))
 
@@ -154,6 +155,9 @@ class TicketWorkflow:
             )
         except TimeoutError:
             pass
+
+    def _closed(self) -> bool:
+        return self.state.status == Status.CLOSED
 
     def _timed_clocks(self) -> list[SlaClock]:
         clocks = [c for c in self.state.sla.values() if c.active]
@@ -313,14 +317,15 @@ class TicketWorkflow:
         self.state.audit_seq += 1
         return self.state.audit_seq
 
-    async def _activity(self, name: str, arg: Any, result_type: type[Any] | None = None) -> Any:
-        return await workflow.execute_activity(
+    async def _activity(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
+        result: T = await workflow.execute_activity(
             name,
             arg,
             result_type=result_type,
             start_to_close_timeout=STEP_TIMEOUT,
             retry_policy=STEP_RETRY,
         )
+        return result
 
     async def _record(
         self,
