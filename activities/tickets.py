@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,17 +23,20 @@ from temporalio.exceptions import ApplicationError
 from activities import mail, metrics
 from activities.mail import SmtpSettings, Templates
 from ticketflow import contract
+from ticketflow.calendar import add_business_seconds, is_open, next_opening
 from ticketflow.config import Config
 from ticketflow.models import (
     AuditEntry,
     Categorisation,
     CategoriseRequest,
+    CustomerType,
     IntakeRequest,
     IntakeResult,
     Notification,
     NotificationResult,
     Policy,
     PolicyRequest,
+    Priority,
     RatingRecord,
     RouteRequest,
     Routing,
@@ -207,14 +210,26 @@ class TicketActivities:
     @activity.defn(name=contract.LOAD_POLICY)
     async def load_policy(self, req: PolicyRequest) -> Policy:
         cfg = self.config
-        target = cfg.sla.targets[req.priority]
+        if req.department not in cfg.departments:
+            raise ApplicationError(f"unknown department {req.department!r}", non_retryable=True)
+        sla = cfg.sla.resolve(req.department, req.priority, req.customer_type)
+        business = sla.hours == "business"
+        first, reply, resolution = (sla.seconds[m] for m in ("first_response", "next_reply", "resolution"))
+        assert first is not None and resolution is not None
         return Policy(
-            first_response_seconds=target.first_response_minutes * 60,
-            resolution_seconds=target.resolution_minutes * 60,
+            first_response_seconds=first,
+            next_reply_seconds=reply,
+            resolution_seconds=resolution,
             reminder_fractions=list(cfg.sla.reminder_fractions),
             tier_budget_seconds={t.level: t.budget_minutes * 60 for t in cfg.tiers},
             csat_delay_seconds=round(cfg.csat.delay_minutes * 60),
             csat_window_seconds=round(cfg.csat.window_minutes * 60),
+            business={m: business for m in ("first_response", "next_reply", "resolution", "tier")},
+            calendar=cfg.calendar_of(req.department),
+            pause_when_pending=list(cfg.sla.pause_when_pending),
+            notify_out_of_hours=req.priority in cfg.sla.notify_out_of_hours,
+            escalate_on_breach=list(cfg.sla.escalate_on_breach),
+            departments=sorted(cfg.departments),
         )
 
     @activity.defn(name=contract.ROUTE)
@@ -297,6 +312,31 @@ class TicketActivities:
     async def record_event(self, entry: AuditEntry) -> None:
         async with self.pool.connection() as conn, conn.transaction():
             inserted = await self._audit(conn, entry)
+            if inserted and entry.sla_events:
+                row = await self._ticket(conn, entry.ticket_id)
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds,"
+                        " target_seconds, business, fraction, department, priority, at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        [
+                            (
+                                entry.ticket_id,
+                                entry.seq,
+                                e.metric,
+                                e.clock_started_at,
+                                e.event,
+                                e.elapsed_seconds,
+                                e.target_seconds,
+                                e.business,
+                                e.fraction,
+                                row["department"],
+                                row["priority"],
+                                entry.at,
+                            )
+                            for e in entry.sla_events
+                        ],
+                    )
             if inserted and entry.message is not None:
                 m = entry.message
                 await conn.execute(
@@ -538,12 +578,28 @@ class TicketActivities:
             "first_response_due": None,
             "due_at": None,
         }
+        cal = cfg.calendar_of(dept_key)
+        now = datetime.now(UTC)
+        ctx["opens_at"] = (
+            next_opening(cal, now).astimezone(tz).strftime("%A %Y-%m-%d %H:%M %Z")
+            if cal is not None and not is_open(cal, now)
+            else None
+        )
         if ticket["priority"]:
-            target = cfg.sla.targets[ticket["priority"]]
-            due = ticket["created_at"] + timedelta(minutes=target.first_response_minutes)
+            sla = cfg.sla.resolve(dept_key, Priority(ticket["priority"]), CustomerType(ticket["customer_type"]))
+            first = sla.seconds["first_response"] or 0
+            created = ticket["created_at"]
+            due = (
+                add_business_seconds(cal, created, first)
+                if sla.hours == "business" and cal is not None
+                else created + timedelta(seconds=first)
+            )
             ctx["first_response_due"] = due.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
             metric = note.context.get("metric")
-            if metric in ("first_response", "resolution") and "target_seconds" in note.context:
+            if note.context.get("due_at"):  # computed by the workflow on the department's calendar
+                due_at = datetime.fromisoformat(note.context["due_at"])
+                ctx["due_at"] = due_at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+            elif metric in ("first_response", "resolution") and "target_seconds" in note.context:
                 elapsed = float(note.context.get("elapsed_seconds", 0))
                 left = note.context["target_seconds"] - elapsed
                 ctx["due_at"] = (datetime.now(tz) + timedelta(seconds=left)).strftime("%Y-%m-%d %H:%M %Z")

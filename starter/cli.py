@@ -100,23 +100,27 @@ def _print_state(state: TicketState, as_json: bool = False) -> None:
 
         now = datetime.now(UTC)
         sla = Table(title="clocks")
-        for col in ("clock", "target", "elapsed", "state", "due at", "breached"):
+        cal = state.policy.calendar if state.policy and state.sla_v2 else None
+        for col in ("clock", "counts", "target", "elapsed", "state", "due at (UTC)", "breached"):
             sla.add_column(col)
         clocks = list(state.sla.values()) + ([state.tier_clock] if state.tier_clock else [])
         for c in clocks:
             st = "met" if c.fulfilled_at else ("paused" if c.paused else "running")
-            due = c.due_at(now)
+            due = c.due_at(cal)
             sla.add_row(
                 c.metric,
+                "business hours" if c.business else "calendar",
                 str(timedelta(seconds=c.target_seconds)),
-                str(timedelta(seconds=int(c.elapsed(now)))),
+                str(timedelta(seconds=int(c.elapsed(now, cal)))),
                 st,
-                due.isoformat(timespec="seconds") if due else "-",
+                f"{due:%Y-%m-%d %H:%M:%S}" if due else "-",
                 "yes" if c.breached else "no",
             )
         console.print(sla)
     if state.categorisation_reasons:
         console.print("[bold]why:[/] " + "; ".join(state.categorisation_reasons))
+    for h in state.held:
+        console.print(f"[bold]held[/] {h.note.template} to {h.note.to} until {h.release_at:%Y-%m-%d %H:%M} UTC")
     for e in state.escalations:
         console.print(
             f"[bold]escalated[/] {e.from_tier} -> {e.to_tier} ({e.cause}) at {e.at:%Y-%m-%d %H:%M}: {e.reason}"
@@ -270,6 +274,42 @@ def reopen(ticket: str, actor: Annotated[str, typer.Option()], reason: Annotated
 def escalate(ticket: str, actor: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()]) -> None:
     """Move a ticket up one tier now, with a reason."""
     _print_state(_run(lambda c: c.escalate(ticket, actor, reason)))
+
+
+@app.command()
+def deescalate(ticket: str, actor: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()]) -> None:
+    """Move a ticket down one tier, with a reason."""
+    _print_state(_run(lambda c: c.deescalate(ticket, actor, reason)))
+
+
+@app.command()
+def priority(
+    ticket: str,
+    new: Annotated[Priority, typer.Argument(help="urgent, high, normal or low")],
+    actor: Annotated[str, typer.Option()],
+    reason: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Change a ticket's priority; every SLA deadline is recomputed."""
+    _print_state(_run(lambda c: c.change_priority(ticket, actor, new, reason)))
+
+
+@app.command()
+def transfer(
+    ticket: str,
+    department: str,
+    actor: Annotated[str, typer.Option()],
+    reason: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Move a ticket to another department (re-routed; deadlines on its business hours)."""
+    _print_state(_run(lambda c: c.transfer(ticket, actor, department, reason)))
+
+
+@app.command("refresh-policy")
+def refresh_policy(
+    ticket: str, actor: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()] = ""
+) -> None:
+    """Apply the current policy file (targets, business hours) to a live ticket."""
+    _print_state(_run(lambda c: c.refresh_policy(ticket, actor, reason)))
 
 
 @app.command()

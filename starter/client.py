@@ -28,17 +28,20 @@ from ticketflow import contract, search
 from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import (
     AgentReply,
+    ChangePriority,
     CustomerReply,
     EscalateRequest,
     PendRequest,
     Priority,
     RateRequest,
+    RefreshPolicy,
     ReopenRequest,
     ResolveRequest,
     Status,
     TicketIn,
     TicketState,
     TicketWorkflowInput,
+    Transfer,
 )
 from ticketflow.temporal import connect
 
@@ -246,6 +249,27 @@ class TicketClient:
 
     async def escalate(self, ticket_id: str, actor: str, reason: str) -> TicketState:
         return await self._update(ticket_id, contract.ESCALATE, EscalateRequest, actor=actor, reason=reason)
+
+    async def deescalate(self, ticket_id: str, actor: str, reason: str) -> TicketState:
+        return await self._update(ticket_id, contract.DEESCALATE, EscalateRequest, actor=actor, reason=reason)
+
+    async def change_priority(
+        self, ticket_id: str, actor: str, priority: Priority | str, reason: str = ""
+    ) -> TicketState:
+        """Recomputes every pending SLA deadline for the new priority."""
+        return await self._update(
+            ticket_id, contract.CHANGE_PRIORITY, ChangePriority, actor=actor, priority=priority, reason=reason
+        )
+
+    async def transfer(self, ticket_id: str, actor: str, department: str, reason: str = "") -> TicketState:
+        """Move to another department: re-routed at the same tier, deadlines on its calendar."""
+        return await self._update(
+            ticket_id, contract.TRANSFER, Transfer, actor=actor, department=department, reason=reason
+        )
+
+    async def refresh_policy(self, ticket_id: str, actor: str, reason: str = "") -> TicketState:
+        """Apply the current policy file's targets and business hours to a live ticket."""
+        return await self._update(ticket_id, contract.REFRESH_POLICY, RefreshPolicy, actor=actor, reason=reason)
 
     async def rate(self, ticket_id: str, rating: int | str, comment: str = "") -> TicketState:
         return await self._update(ticket_id, contract.RATE, RateRequest, rating=rating, comment=comment)

@@ -25,6 +25,7 @@ from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port
 from starter.smtp_sink import SmtpSink
 from ticketflow import search
 from ticketflow.config import Config, default_config
+from ticketflow.models import Priority
 from ticketflow.temporal import DATA_CONVERTER, venv_binary
 from worker import build_worker
 
@@ -34,6 +35,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def config() -> Config:
     return default_config()
+
+
+def wall_clock(cfg: Config) -> Config:
+    """The default organisation with every SLA counted in calendar hours, every notice sent at once and
+    tiers moved by their budgets alone: for tests of lifecycle mechanics that must not depend on the
+    weekday they run on. Business hours and SLA-driven escalation are tested in test_sla.py."""
+    sla = cfg.sla.model_copy(
+        update={"hours": "calendar", "notify_out_of_hours": list(Priority), "escalate_on_breach": []}
+    )
+    return cfg.model_copy(update={"sla": sla})
 
 
 @pytest.fixture(scope="session")
@@ -84,13 +95,18 @@ async def register_search_attributes(client: Client) -> None:
     )
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """Java time-skipping test server: timers of days run in milliseconds."""
+async def start_time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=DATA_CONVERTER, test_server_existing_path=str(venv_binary("temporal-test-server"))
     )
     await register_search_attributes(env.client)
+    return env
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Java time-skipping test server: timers of days run in milliseconds."""
+    env = await start_time_skipping()
     yield env
     await env.shutdown()
 

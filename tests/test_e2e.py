@@ -134,6 +134,13 @@ async def test_cli_open_show_reply_list(
         assert bad.returncode == 2 and "customer.email" in bad.stderr
         wrong = await asyncio.to_thread(run_cli, env, "rate", ticket_id, "5")
         assert wrong.returncode == 1 and "cannot rate a ticket that is open" in wrong.stderr
+        unknown = await asyncio.to_thread(run_cli, env, "transfer", ticket_id, "marketing", "--actor", "carmen")
+        assert unknown.returncode == 1 and "unknown department 'marketing'" in unknown.stderr
+        moved = await asyncio.to_thread(
+            run_cli, env, "transfer", ticket_id, "technical_support", "--actor", "carmen", "--reason", "API bug"
+        )
+        assert moved.returncode == 0, moved.stderr
+        assert (await tickets.get(ticket_id)).department == "technical_support"
         missing = await asyncio.to_thread(run_cli, env, "show", "aaaaaaaaaaaa")
         assert missing.returncode == 1 and "not found" in missing.stderr
         await tickets.resolve(ticket_id, "carmen")

@@ -140,9 +140,9 @@ def test_running_clock() -> None:
     assert clock.active and not clock.paused
     assert clock.elapsed(T0) == 0
     assert clock.elapsed(at(10)) == 600
-    assert clock.due_at(T0) == at(60)
-    assert clock.due_at(at(10)) == at(60)  # the due time does not move while running
-    assert clock.due_at(at(90)) == at(60)  # nor after the breach
+    assert clock.due_at() == at(60)
+    assert clock.due_at() == at(60)  # the due time does not move while running
+    assert clock.due_at() == at(60)  # nor after the breach
     assert clock.elapsed(T0 - timedelta(minutes=1)) == 0  # never negative
 
 
@@ -153,7 +153,7 @@ def test_clock_across_a_pause_and_resume() -> None:
     assert clock.elapsed_before == 20 * 60
     # frozen while paused; no due time
     assert clock.elapsed(at(20)) == clock.elapsed(at(500)) == 20 * 60
-    assert clock.due_at(at(100)) is None
+    assert clock.due_at() is None
     # pausing twice changes nothing
     pause(clock, at(30))
     assert clock.elapsed(at(30)) == 20 * 60
@@ -163,8 +163,8 @@ def test_clock_across_a_pause_and_resume() -> None:
     assert clock.elapsed(at(120)) == 20 * 60
     assert clock.elapsed(at(130)) == 30 * 60
     # 40 minutes left at minute 120: due at minute 160, i.e. the paused 100 minutes are added
-    assert clock.due_at(at(120)) == at(160)
-    assert clock.due_at(at(130)) == at(160)
+    assert clock.due_at() == at(160)
+    assert clock.due_at() == at(160)
     # resuming twice does not reset the running span
     resume(clock, at(140))
     assert clock.elapsed(at(140)) == 40 * 60
@@ -172,14 +172,14 @@ def test_clock_across_a_pause_and_resume() -> None:
     pause(clock, at(150))
     resume(clock, at(200))
     assert clock.elapsed(at(205)) == (20 + 30 + 5) * 60
-    assert clock.due_at(at(205)) == at(210)
+    assert clock.due_at() == at(210)
 
 
 def test_fulfilled_clock_has_no_due_time() -> None:
     clock = new_clock()
     clock.fulfilled_at = at(10)
     assert not clock.active and not clock.paused
-    assert clock.due_at(at(10)) is None
+    assert clock.due_at() is None
     pause(clock, at(15))
     assert not clock.paused  # a fulfilled clock is not "paused"
 
@@ -229,8 +229,8 @@ def test_clock_survives_a_json_round_trip_mid_pause() -> None:
     assert again == clock
     assert again.elapsed(at(99)) == 25 * 60
     resume(again, at(100))
-    assert again.due_at(at(100)) == at(135)
-    assert again.due_at(at(100)).tzinfo is not None  # type: ignore[union-attr]
+    assert again.due_at() == at(135)
+    assert again.due_at().tzinfo is not None  # type: ignore[union-attr]
 
 
 # (seconds, running?) spans; integer seconds so the expected sum is exact
@@ -257,6 +257,6 @@ def test_elapsed_is_the_sum_of_running_spans(spans: list[tuple[int, bool]], star
     assert clock.elapsed(now) == pytest.approx(expected, abs=1e-6)
     assert clock.paused == (not running)
     if running:
-        assert clock.due_at(now) == now + timedelta(seconds=3600 - expected)
+        assert clock.due_at() == now + timedelta(seconds=3600 - expected)
     else:
-        assert clock.due_at(now) is None
+        assert clock.due_at() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
@@ -12,11 +13,18 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.client import TicketClient
 from starter.smtp_sink import SmtpSink
-from tests.conftest import WorkerFactory
+from tests.conftest import WorkerFactory, wall_clock
 from tests.factories import ticket
+from ticketflow.config import Config, default_config
 from ticketflow.models import Status
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """These tests are about lifecycle mechanics in calendar hours; business hours: test_sla.py."""
+    return wall_clock(default_config())
 
 
 def mails_for(smtp: SmtpSink, ticket_id: str) -> list[Any]:

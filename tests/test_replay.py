@@ -17,14 +17,23 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from starter.client import TicketClient
-from tests.conftest import WorkerFactory
+from tests.conftest import WorkerFactory, wall_clock
 from tests.factories import ticket
+from ticketflow.config import Config, default_config
 from ticketflow.ids import workflow_id
-from ticketflow.models import Status
+from ticketflow.models import Priority, Status
 from ticketflow.temporal import DATA_CONVERTER
 from worker import WORKFLOWS, sandbox_runner
 
 HISTORIES = Path(__file__).parent / "histories"
+# Recorded histories are named for the workflow version that produced them; all of them replay.
+RECORDING_AS = "v2-business-hours"
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """These tests are about lifecycle mechanics in calendar hours; business hours: test_sla.py."""
+    return wall_clock(default_config())
 
 
 def replayer() -> Replayer:
@@ -56,7 +65,20 @@ async def drive_every_path(tickets: TicketClient, env: WorkflowEnvironment) -> d
     opened = await tickets.open(ticket(subject="Where is my account name setting?", body="Hello, where is it?"))
     await tickets.wait_for(opened.ticket_id, Status.OPEN)
     paths["timer-escalation-to-tier-4"] = opened.ticket_id
+
+    opened = await tickets.open(ticket(subject="Export shows an error", body="The CSV export shows an error."))
+    tid = opened.ticket_id
+    await tickets.wait_for(tid, Status.OPEN)
+    paths["priority-transfer-deescalate-next-reply"] = tid
+    await tickets.change_priority(tid, "anna", Priority.HIGH, "customer blocked")
+    await tickets.reply(tid, "anna", "Which version do you run?")
+    await tickets.customer_reply(tid, "Version 2.")  # starts the next-reply clock
+    await tickets.escalate(tid, "anna", "needs a specialist")
+    await tickets.deescalate(tid, "dmitri", "tier 1 can finish it")
+    await tickets.transfer(tid, "anna", "billing", "it is about an invoice export")
+    await tickets.refresh_policy(tid, "ops", "policy file edited")
     await env.sleep(timedelta(days=4))
+    await tickets.resolve(tid, "james")
     return paths
 
 
@@ -75,7 +97,7 @@ async def test_histories_of_this_run_replay(
         await replayer().replay_workflow(history)
         if os.environ.get("TICKETFLOW_RECORD_HISTORIES") == "1":
             HISTORIES.mkdir(exist_ok=True)
-            (HISTORIES / f"{name}.json").write_text(history.to_json(), "utf-8")
+            (HISTORIES / f"{RECORDING_AS}--{name}.json").write_text(history.to_json(), "utf-8")
 
 
 RECORDED = {p.stem: p.read_text("utf-8") for p in sorted(HISTORIES.glob("*.json"))}
@@ -89,4 +111,4 @@ async def test_recorded_histories_replay(name: str) -> None:
 
 
 def test_recorded_histories_exist() -> None:
-    assert len(RECORDED) >= 2, "tests/histories/ lost its recorded histories"
+    assert len(RECORDED) >= 4, "tests/histories/ lost its recorded histories"

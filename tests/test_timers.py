@@ -15,15 +15,22 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.client import InvalidTransition, TicketClient
 from starter.smtp_sink import SmtpSink
-from tests.conftest import WorkerFactory
+from tests.conftest import WorkerFactory, wall_clock
 from tests.factories import ticket
 from ticketflow import contract
+from ticketflow.config import Config, default_config
 from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import Status, TicketWorkflowInput
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
 NORMAL = {"subject": "Question about my account", "body": "Hello, where can I change the name on my account?"}
 URGENT = {"subject": "URGENT: production down", "body": "Our production is down, this is an emergency."}
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    """These tests are about lifecycle mechanics in calendar hours; business hours: test_sla.py."""
+    return wall_clock(default_config())
 
 
 def mails(smtp: SmtpSink, ticket_id: str, fragment: str = "") -> list[Any]:

@@ -11,16 +11,20 @@ from datetime import timedelta
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ticketflow.calendar import BusinessCalendar
 from ticketflow.models import Channel, CustomerType, Priority, Region
 
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 TIERS = (1, 2, 3, 4)
+Metric = Literal["first_response", "next_reply", "resolution"]
+METRICS: tuple[Metric, ...] = ("first_response", "next_reply", "resolution")
+Hours = Literal["business", "calendar"]
 
 
 class _Cfg(BaseModel):
@@ -48,6 +52,7 @@ class Department(_Cfg):
     email: str  # sender address for this department's mail
     lead: str  # address of the department lead (escalation and breach notices)
     timezone: str = "UTC"
+    calendar: Key | None = None  # a key of [calendars]; none means open around the clock
     signature: str = ""
     agents: list[Agent] = Field(min_length=1)
 
@@ -75,13 +80,75 @@ class Tier(_Cfg):
 
 
 class SlaTarget(_Cfg):
-    first_response_minutes: int = Field(gt=0)
-    resolution_minutes: int = Field(gt=0)
+    first_response_minutes: float = Field(gt=0)
+    next_reply_minutes: float | None = Field(default=None, gt=0)
+    resolution_minutes: float = Field(gt=0)
+    hours: Hours | None = None  # overrides sla.hours for this priority
+
+
+class SlaOverride(_Cfg):
+    """Targets for a slice of tickets (a department, VIP customers, a priority, or a mix). Every
+    matching override applies in file order, so put the more specific ones last."""
+
+    name: str
+    departments: list[Key] = Field(default_factory=list)
+    customer_types: list[CustomerType] = Field(default_factory=list)
+    priorities: list[Priority] = Field(default_factory=list)
+    factor: float | None = Field(default=None, gt=0)  # scales every target
+    first_response_minutes: float | None = Field(default=None, gt=0)
+    next_reply_minutes: float | None = Field(default=None, gt=0)
+    resolution_minutes: float | None = Field(default=None, gt=0)
+    hours: Hours | None = None
+
+    def matches(self, department: str, priority: Priority, customer_type: CustomerType | None) -> bool:
+        return (
+            (not self.departments or department in self.departments)
+            and (not self.priorities or priority in self.priorities)
+            and (not self.customer_types or customer_type in self.customer_types)
+        )
+
+
+class ResolvedSla(BaseModel):
+    """The targets one ticket runs on, in seconds, with how each metric counts."""
+
+    seconds: dict[str, int | None]
+    hours: Hours
 
 
 class Sla(_Cfg):
     reminder_fractions: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9])
+    hours: Hours = "business"  # how targets and tier budgets count, unless a priority or override says
+    pause_when_pending: list[Metric | Literal["tier"]] = Field(
+        default_factory=lambda: [*METRICS, "tier"]  # type: ignore[arg-type]
+    )
+    # Staff notices for these priorities go out at any hour; the others wait for the department to open.
+    notify_out_of_hours: list[Priority] = Field(default_factory=lambda: [Priority.URGENT])
+    # A breach of these metrics moves the ticket up one tier (cause "breach").
+    escalate_on_breach: list[Metric] = Field(default_factory=lambda: ["resolution"])  # type: ignore[arg-type]
     targets: dict[Priority, SlaTarget]
+    overrides: list[SlaOverride] = Field(default_factory=list)
+
+    def resolve(self, department: str, priority: Priority, customer_type: CustomerType | None) -> ResolvedSla:
+        base = self.targets[priority]
+        minutes: dict[str, float | None] = {
+            "first_response": base.first_response_minutes,
+            "next_reply": base.next_reply_minutes,
+            "resolution": base.resolution_minutes,
+        }
+        hours = base.hours or self.hours
+        for o in self.overrides:
+            if not o.matches(department, priority, customer_type):
+                continue
+            if o.factor is not None:
+                minutes = {k: (v * o.factor if v is not None else None) for k, v in minutes.items()}
+            for metric in METRICS:
+                value = getattr(o, f"{metric}_minutes")
+                if value is not None:
+                    minutes[metric] = value
+            hours = o.hours or hours
+        return ResolvedSla(
+            seconds={k: (round(v * 60) if v is not None else None) for k, v in minutes.items()}, hours=hours
+        )
 
     @field_validator("reminder_fractions")
     @classmethod
@@ -142,6 +209,7 @@ class Config(_Cfg):
     default_priority: Priority = Priority.NORMAL
     languages: list[str]
     regions: dict[Region, str]  # region -> default time zone
+    calendars: dict[Key, BusinessCalendar] = Field(default_factory=dict)
     departments: dict[Key, Department]
     tiers: list[Tier]
     sla: Sla
@@ -169,10 +237,20 @@ class Config(_Cfg):
         for rule in self.categories:
             if rule.department not in self.departments:
                 raise ValueError(f"category rule {rule.name!r} names unknown department {rule.department!r}")
+        for o in self.sla.overrides:
+            unknown = [d for d in o.departments if d not in self.departments]
+            if unknown:
+                raise ValueError(f"sla override {o.name!r} names unknown departments {unknown}")
         for key, dept in self.departments.items():
+            if dept.calendar is not None and dept.calendar not in self.calendars:
+                raise ValueError(f"department {key!r} names unknown calendar {dept.calendar!r}")
             if not dept.agents_for(1):
                 raise ValueError(f"department {key!r} has no tier-1 agent")
         return self
+
+    def calendar_of(self, department: str) -> BusinessCalendar | None:
+        key = self.departments[department].calendar
+        return self.calendars[key] if key else None
 
     def tier(self, level: int) -> Tier:
         return next(t for t in self.tiers if t.level == level)

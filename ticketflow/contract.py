@@ -25,6 +25,10 @@ RESOLVE = "resolve"
 REOPEN = "reopen"
 ESCALATE = "escalate"
 RATE = "rate"
+CHANGE_PRIORITY = "change_priority"
+TRANSFER = "transfer"
+REFRESH_POLICY = "refresh_policy"
+DEESCALATE = "deescalate"
 STATE_QUERY = "state"
 
 # application error types

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
+from ticketflow.calendar import BusinessCalendar, add_business_seconds, business_seconds_between
+
 MAX_SUBJECT = 500
 MAX_BODY = 200_000
 MAX_ATTACHMENTS = 50
@@ -144,12 +146,14 @@ class IntakeResult(BaseModel):
 
 
 class SlaClock(BaseModel):
-    """A calendar-time SLA clock that can pause; all instants are UTC and absolute so it can
-    travel through continue-as-new unchanged."""
+    """An SLA (or tier-budget) clock that can pause, counting wall-clock time or, when `business`,
+    only the department calendar's open time. All instants are absolute UTC so the clock travels
+    through continue-as-new and policy changes unchanged."""
 
     metric: str
     target_seconds: int
     started_at: datetime
+    business: bool = False
     elapsed_before: float = 0.0  # seconds accumulated in earlier running spans
     running_since: datetime | None = None
     reminder_fractions: list[float] = Field(default_factory=list)
@@ -157,9 +161,21 @@ class SlaClock(BaseModel):
     breached: bool = False
     fulfilled_at: datetime | None = None
 
-    def elapsed(self, now: datetime) -> float:
-        running = (now - self.running_since).total_seconds() if self.running_since else 0.0
-        return self.elapsed_before + max(0.0, running)
+    def elapsed(self, now: datetime, cal: BusinessCalendar | None = None) -> float:
+        if self.running_since is None:
+            return self.elapsed_before
+        if self.business and cal is not None:
+            return self.elapsed_before + business_seconds_between(cal, self.running_since, now)
+        return self.elapsed_before + max(0.0, (now - self.running_since).total_seconds())
+
+    def instant_of(self, seconds: float, cal: BusinessCalendar | None = None) -> datetime | None:
+        """When the clock reaches `seconds` if it keeps running; None while paused."""
+        if self.running_since is None:
+            return None
+        left = seconds - self.elapsed_before
+        if self.business and cal is not None:
+            return add_business_seconds(cal, self.running_since, max(0.0, left))
+        return self.running_since + timedelta(seconds=left)
 
     @property
     def active(self) -> bool:
@@ -169,11 +185,9 @@ class SlaClock(BaseModel):
     def paused(self) -> bool:
         return self.active and self.running_since is None
 
-    def due_at(self, now: datetime) -> datetime | None:
-        """When the target is (or was) reached if the clock keeps running; None while paused."""
-        if not self.active or self.running_since is None:
-            return None
-        return now + timedelta(seconds=self.target_seconds - self.elapsed(now))
+    def due_at(self, cal: BusinessCalendar | None = None) -> datetime | None:
+        """When the target is (or was) reached if the clock keeps running; None while paused or met."""
+        return self.instant_of(self.target_seconds, cal) if self.active else None
 
     def pending_thresholds(self) -> list[float]:
         """Fractions of the target still to announce, 1.0 being the breach."""
@@ -181,6 +195,15 @@ class SlaClock(BaseModel):
         if not self.breached:
             out.append(1.0)
         return out
+
+    def pause(self, now: datetime, cal: BusinessCalendar | None = None) -> None:
+        if self.running_since is not None:
+            self.elapsed_before = self.elapsed(now, cal)
+            self.running_since = None
+
+    def resume(self, now: datetime) -> None:
+        if self.running_since is None and self.active:
+            self.running_since = now
 
 
 # --- Messages to a live ticket --------------------------------------------------------------------
@@ -212,6 +235,25 @@ class ResolveRequest(_Strict):
 
 
 class ReopenRequest(_Strict):
+    actor: Actor
+    reason: Reason = ""
+
+
+class ChangePriority(_Strict):
+    actor: Actor
+    priority: Priority
+    reason: Reason = ""
+
+
+class Transfer(_Strict):
+    actor: Actor
+    department: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    reason: Reason = ""
+
+
+class RefreshPolicy(_Strict):
+    """Re-read SLA targets and business hours for a live ticket after the policy file changed."""
+
     actor: Actor
     reason: Reason = ""
 
@@ -271,6 +313,24 @@ class Policy(BaseModel):
     tier_budget_seconds: dict[int, int]
     csat_delay_seconds: int
     csat_window_seconds: int
+    # Added with business hours. The defaults reproduce the calendar-hours behaviour of tickets
+    # opened before, whose recorded policy lacks these fields.
+    next_reply_seconds: int | None = None
+    business: dict[str, bool] = Field(default_factory=dict)  # metric (or "tier") -> counts business time
+    calendar: BusinessCalendar | None = None
+    pause_when_pending: list[str] = Field(
+        default_factory=lambda: ["first_response", "next_reply", "resolution", "tier"]
+    )
+    notify_out_of_hours: bool = True
+    escalate_on_breach: list[str] = Field(default_factory=list)
+    departments: list[str] = Field(default_factory=list)  # where a transfer may go
+
+    def target(self, metric: str) -> int | None:
+        return {
+            "first_response": self.first_response_seconds,
+            "next_reply": self.next_reply_seconds,
+            "resolution": self.resolution_seconds,
+        }[metric]
 
 
 class PolicyRequest(BaseModel):
@@ -329,12 +389,23 @@ class TicketState(BaseModel):
     messages: int = 0
     audit_seq: int = 0
     rejection: str | None = None
-
-
-TicketWorkflowInput.model_rebuild()
+    sla_v2: bool = False  # business hours, next reply, held notices (patch "sla-business-hours")
+    held: list[HeldNotice] = Field(default_factory=list)
 
 
 # --- Activity inputs --------------------------------------------------------------------------------
+
+
+class SlaEvent(BaseModel):
+    """An SLA clock event, stored with business-time figures for exact reports."""
+
+    metric: str
+    clock_started_at: datetime
+    event: str  # started | paused | resumed | reminder | breached | fulfilled | retargeted
+    elapsed_seconds: float
+    target_seconds: int
+    business: bool
+    fraction: float | None = None
 
 
 class AuditEntry(BaseModel):
@@ -348,6 +419,7 @@ class AuditEntry(BaseModel):
     detail: dict[str, Any] = Field(default_factory=dict)
     message: MessageRecord | None = None
     ticket_update: dict[str, Any] = Field(default_factory=dict)
+    sla_events: list[SlaEvent] = Field(default_factory=list)
 
 
 class MessageRecord(BaseModel):
@@ -390,6 +462,13 @@ class Notification(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
+class HeldNotice(BaseModel):
+    """A staff notice that fell outside the department's business hours, sent when it opens."""
+
+    note: Notification
+    release_at: datetime
+
+
 class NotificationResult(BaseModel):
     key: str
     status: str  # sent | already_sent | no_recipient
@@ -402,3 +481,7 @@ class RatingRecord(BaseModel):
     seq: int
     rating: Rating
     comment: str
+
+
+TicketState.model_rebuild()
+TicketWorkflowInput.model_rebuild()

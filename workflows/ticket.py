@@ -17,14 +17,17 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from ticketflow import contract, search
+    from ticketflow.calendar import BusinessCalendar, is_open, next_opening
     from ticketflow.models import (
         AgentReply,
         AuditEntry,
         Categorisation,
         CategoriseRequest,
+        ChangePriority,
         CustomerReply,
         EscalateRequest,
         Escalation,
+        HeldNotice,
         IntakeRequest,
         IntakeResult,
         MessageRecord,
@@ -33,20 +36,29 @@ with workflow.unsafe.imports_passed_through():
         PendRequest,
         Policy,
         PolicyRequest,
+        Priority,
         RateRequest,
         Rating,
         RatingRecord,
+        RefreshPolicy,
         ReopenRequest,
         ResolveRequest,
         RouteRequest,
         Routing,
         SlaClock,
+        SlaEvent,
         Status,
         TicketState,
         TicketWorkflowInput,
+        Transfer,
     )
 
 T = TypeVar("T")
+# Business hours, the next-reply clock, per-policy pauses, held notices and SLA-driven escalation.
+# Tickets opened before it keep the calendar-hours behaviour they started with.
+PATCH_SLA_V2 = "sla-business-hours"
+EPSILON = 0.001  # seconds: calendar arithmetic is exact to the microsecond, never loop on rounding
+STAFF_TEMPLATES = ("sla_reminder", "sla_breach", "escalation")
 MAX_TIER = 4
 SYSTEM = "system"
 
@@ -87,6 +99,7 @@ class TicketWorkflow:
     @workflow.run
     async def run(self, input: TicketWorkflowInput) -> TicketState:
         if input.resume is None:
+            self.state.sla_v2 = workflow.patched(PATCH_SLA_V2)
             await self._open(input.ticket or {})
         self._publish_search_attributes()
 
@@ -137,7 +150,13 @@ class TicketWorkflow:
         }
         await self._route(1, start)
         s.status = Status.OPEN
-        await self._record("opened", SYSTEM, {"status": Status.OPEN}, update={"status": Status.OPEN})
+        await self._record(
+            "opened",
+            SYSTEM,
+            {"status": Status.OPEN},
+            update={"status": Status.OPEN},
+            sla=[self._event(c, "started", start) for c in s.sla.values()],
+        )
         await self._notify("acknowledgement", "customer", key=f"ack:{s.ticket_id}")
 
     async def _sleep_until_next_event(self) -> None:
@@ -172,9 +191,11 @@ class TicketWorkflow:
             if clock.running_since is None:
                 continue
             for fraction in clock.pending_thresholds():
-                left = fraction * clock.target_seconds - clock.elapsed(now)
-                candidates.append(now + timedelta(seconds=max(0.0, left)))
+                at = clock.instant_of(fraction * clock.target_seconds, self._cal)
+                if at is not None:
+                    candidates.append(max(at, now))
                 break
+        candidates.extend(h.release_at for h in s.held)
         if s.status == Status.RESOLVED:
             if s.survey_due_at and s.survey_sent_for < s.resolutions and not self._rated_current():
                 candidates.append(s.survey_due_at)
@@ -187,10 +208,11 @@ class TicketWorkflow:
 
     async def _fire_due_events(self) -> None:
         s, now = self.state, workflow.now()
+        await self._release_held(now)
         for clock in list(s.sla.values()):
             await self._fire_sla_thresholds(clock, now)
         tier = s.tier_clock
-        if tier and tier.active and not tier.breached and tier.elapsed(now) >= tier.target_seconds:
+        if tier and tier.active and not tier.breached and self._reached(tier, tier.target_seconds, now):
             tier.breached = True
             if s.tier < MAX_TIER:
                 await self._escalate(s.tier + 1, "timer", f"tier {s.tier} budget of {tier.target_seconds}s spent")
@@ -218,28 +240,48 @@ class TicketWorkflow:
         announced even when the pause arrived first (the Alga PSA bug)."""
         if not clock.active:
             return
-        due = [f for f in clock.pending_thresholds() if clock.elapsed(now) >= f * clock.target_seconds]
+        due = [f for f in clock.pending_thresholds() if self._reached(clock, f * clock.target_seconds, now)]
         if not due:
             return
+        s = self.state
         top = max(due)
         skipped = [f for f in due if f != top]
         clock.reminders_sent.extend(f for f in due if f < 1.0)
-        detail = {
+        elapsed = clock.elapsed(now, self._cal)
+        detail: dict[str, Any] = {
             "metric": clock.metric,
             "fraction": top,
             "target_seconds": clock.target_seconds,
-            "elapsed_seconds": round(clock.elapsed(now), 3),
+            "elapsed_seconds": round(elapsed, 3),
             "superseded": skipped,
         }
+        if s.sla_v2:
+            detail["business"] = clock.business
+            due_instant = clock.due_at(self._cal)
+            detail["due_at"] = due_instant.isoformat() if due_instant else None
         if top >= 1.0:
             clock.breached = True
-            self.state.sla_breached = True
-            await self._record("sla_breach", SYSTEM, detail, update={"sla_breached": True})
+            s.sla_breached = True
+            await self._record(
+                "sla_breach",
+                SYSTEM,
+                detail,
+                update={"sla_breached": True},
+                sla=[self._event(clock, "breached", now, fraction=1.0)],
+            )
             for to in ("assignee", "lead"):
-                await self._notify("sla_breach", to, context=detail)
+                await self._notify_staff("sla_breach", to, detail)
+            if not s.sla_v2 or s.policy is None:
+                return
+            if s.tier == MAX_TIER:  # nobody above tier 4: page the department lead, whatever the hour
+                await self._notify("page", "lead", context=detail)
+            elif clock.metric in s.policy.escalate_on_breach and s.status in (Status.OPEN, Status.PENDING):
+                await self._escalate(s.tier + 1, "breach", f"{clock.metric} SLA breached at tier {s.tier}")
         else:
-            await self._record("sla_reminder", SYSTEM, detail)
-            await self._notify("sla_reminder", "assignee", context=detail)
+            await self._record("sla_reminder", SYSTEM, detail, sla=[self._event(clock, "reminder", now, fraction=top)])
+            await self._notify_staff("sla_reminder", "assignee", detail)
+            if s.sla_v2 and clock.reminder_fractions and top == max(clock.reminder_fractions):
+                await self._notify_staff("sla_reminder", "lead", detail)  # last warning: the lead hears too
 
     # --- steps -------------------------------------------------------------------------------------
 
@@ -269,14 +311,16 @@ class TicketWorkflow:
         s.escalations.append(Escalation(from_tier=from_tier, to_tier=to_tier, cause=cause, reason=reason, at=now))
         routing = await self._route(to_tier, now)
         await self._record(
-            "escalated",
-            SYSTEM if cause == "timer" else cause,
+            "escalated" if to_tier > from_tier else "deescalated",
+            SYSTEM if cause in ("timer", "breach") else cause,
             {"from_tier": from_tier, "to_tier": to_tier, "cause": cause, "reason": reason, "agent": routing.agent},
         )
+        if s.sla_v2 and to_tier < from_tier:
+            return  # a de-escalation informs nobody but the new assignee's queue
         context = {"from_tier": from_tier, "to_tier": to_tier, "cause": cause, "reason": reason}
-        await self._notify("escalation", "assignee", context=context)
+        await self._notify_staff("escalation", "assignee", context)
         if to_tier == MAX_TIER:
-            await self._notify("escalation", "lead", context=context)
+            await self._notify_staff("escalation", "lead", context)
 
     async def _load_policy(self) -> Policy:
         s = self.state
@@ -288,25 +332,82 @@ class TicketWorkflow:
         )
 
     def _new_clock(self, metric: str, target: int, at: datetime, running: bool = True) -> SlaClock:
-        fractions = self.state.policy.reminder_fractions if self.state.policy and metric != "tier" else []
+        policy = self.state.policy
+        fractions = policy.reminder_fractions if policy and metric != "tier" else []
+        business = bool(self.state.sla_v2 and policy and policy.business.get(metric, False))
         return SlaClock(
             metric=metric,
             target_seconds=target,
             started_at=at,
+            business=business,
             running_since=at if running else None,
             reminder_fractions=fractions,
         )
 
-    def _pause_clocks(self, now: datetime) -> None:
-        for clock in self._timed_clocks():
-            if clock.running_since is not None:
-                clock.elapsed_before = clock.elapsed(now)
-                clock.running_since = None
+    @property
+    def _cal(self) -> BusinessCalendar | None:
+        s = self.state
+        return s.policy.calendar if s.sla_v2 and s.policy else None
 
-    def _resume_clocks(self, now: datetime) -> None:
+    def _reached(self, clock: SlaClock, seconds: float, now: datetime) -> bool:
+        return clock.elapsed(now, self._cal) >= seconds - (EPSILON if self.state.sla_v2 else 0.0)
+
+    def _pausable(self, clock: SlaClock) -> bool:
+        policy = self.state.policy
+        return not self.state.sla_v2 or policy is None or clock.metric in policy.pause_when_pending
+
+    def _pause_clocks(self, now: datetime) -> list[SlaEvent]:
+        events = []
+        for clock in self._timed_clocks():
+            if clock.running_since is not None and self._pausable(clock):
+                clock.pause(now, self._cal)
+                events.append(self._event(clock, "paused", now))
+        return events
+
+    def _resume_clocks(self, now: datetime) -> list[SlaEvent]:
+        events = []
         for clock in self._timed_clocks():
             if clock.running_since is None:
-                clock.running_since = now
+                clock.resume(now)
+                events.append(self._event(clock, "resumed", now))
+        return events
+
+    def _event(self, clock: SlaClock, event: str, now: datetime, fraction: float | None = None) -> SlaEvent:
+        return SlaEvent(
+            metric=clock.metric,
+            clock_started_at=clock.started_at,
+            event=event,
+            elapsed_seconds=round(clock.elapsed(now, self._cal), 6),
+            target_seconds=clock.target_seconds,
+            business=clock.business,
+            fraction=fraction,
+        )
+
+    def _fulfil(self, metrics: tuple[str, ...], now: datetime) -> list[SlaEvent]:
+        events = []
+        for clock in self._timed_clocks():
+            if clock.metric in metrics:
+                clock.pause(now, self._cal)
+                clock.fulfilled_at = now
+                events.append(self._event(clock, "fulfilled", now))
+        return events
+
+    async def _notify_staff(self, template: str, to: str, context: dict[str, Any]) -> None:
+        """Staff notices wait for the department to open unless policy says they may go out now."""
+        s, now, cal = self.state, workflow.now(), self.state.policy.calendar if self.state.policy else None
+        if s.sla_v2 and s.policy and not s.policy.notify_out_of_hours and cal and not is_open(cal, now):
+            note = self._note(template, to, None, context)
+            release = next_opening(cal, now)
+            s.held.append(HeldNotice(note=note, release_at=release))
+            await self._record("notification_held", SYSTEM, {"template": template, "to": to, "until": release})
+            return
+        await self._notify(template, to, context=context)
+
+    async def _release_held(self, now: datetime) -> None:
+        due = [h for h in self.state.held if h.release_at <= now]
+        self.state.held = [h for h in self.state.held if h.release_at > now]
+        for held in due:
+            await self._send(held.note)
 
     def _rated_current(self) -> bool:
         return any(r.resolution == self.state.resolutions for r in self.state.ratings)
@@ -335,6 +436,7 @@ class TicketWorkflow:
         *,
         update: dict[str, Any] | None = None,
         message: MessageRecord | None = None,
+        sla: list[SlaEvent] | None = None,
     ) -> None:
         entry = AuditEntry(
             ticket_id=self.state.ticket_id,
@@ -345,20 +447,26 @@ class TicketWorkflow:
             detail=detail,
             message=message,
             ticket_update=update or {},
+            sla_events=sla or [],
         )
         await self._activity(contract.RECORD_EVENT, entry)
 
     async def _notify(
         self, template: str, to: str, *, key: str | None = None, context: dict[str, Any] | None = None
     ) -> NotificationResult:
+        return await self._send(self._note(template, to, key, context))
+
+    def _note(self, template: str, to: str, key: str | None, context: dict[str, Any] | None) -> Notification:
         s = self.state
-        note = Notification(
+        return Notification(
             key=key or f"{template}:{s.ticket_id}:{s.audit_seq}:{to}",
             ticket_id=s.ticket_id,
             template=template,
             to=to,
             context=context or {},
         )
+
+    async def _send(self, note: Notification) -> NotificationResult:
         result: NotificationResult = await workflow.execute_activity(
             contract.NOTIFY,
             note,
@@ -370,7 +478,7 @@ class TicketWorkflow:
 
     def _publish_search_attributes(self) -> None:
         s = self.state
-        due = [d for c in s.sla.values() if (d := c.due_at(workflow.now())) is not None]
+        due = [d for c in s.sla.values() if (d := c.due_at(self._cal)) is not None]
         wanted: dict[str, Any] = {
             search.TICKET_STATUS.name: (search.TICKET_STATUS, str(s.status)),
             search.TICKET_TIER.name: (search.TICKET_TIER, s.tier),
@@ -410,15 +518,21 @@ class TicketWorkflow:
             self._require(Status.OPEN, Status.PENDING, action="reply to")
             s, now = self.state, workflow.now()
             update: dict[str, Any] = {}
+            events: list[SlaEvent] = []
             first = s.sla.get("first_response")
             if first and first.active:
-                first.fulfilled_at = now
+                if s.sla_v2:
+                    events += self._fulfil(("first_response",), now)
+                else:
+                    first.fulfilled_at = now
                 s.first_response_at = now
                 update["first_response_at"] = now
+            if s.sla_v2:
+                events += self._fulfil(("next_reply",), now)
             s.messages += 1
             if req.pend and s.status == Status.OPEN:
                 s.status = Status.PENDING
-                self._pause_clocks(now)
+                events += self._pause_clocks(now)
                 update["status"] = Status.PENDING
             await self._record(
                 "agent_reply",
@@ -426,6 +540,7 @@ class TicketWorkflow:
                 {"pend": req.pend, "status": s.status},
                 update=update,
                 message=MessageRecord(author_kind="agent", author=req.agent, body=req.body),
+                sla=events,
             )
             await self._notify("agent_reply", "customer", context={"agent": req.agent, "seq": s.audit_seq})
             self._changed = True
@@ -443,10 +558,12 @@ class TicketWorkflow:
             s.messages += 1
             before = s.status
             update: dict[str, Any] = {}
+            events: list[SlaEvent] = []
             if before == Status.PENDING:
                 s.status = Status.OPEN
-                self._resume_clocks(now)
+                events += self._resume_clocks(now)
                 update["status"] = Status.OPEN
+            events += self._start_next_reply(now)
             await self._record(
                 "customer_reply",
                 "customer",
@@ -458,11 +575,25 @@ class TicketWorkflow:
                     body=req.body,
                     external_message_id=req.external_message_id,
                 ),
+                sla=events,
             )
             if before == Status.RESOLVED:
                 await self._reopen("customer", "customer replied within the reopen window")
             self._changed = True
         return self.state
+
+    def _start_next_reply(self, now: datetime) -> list[SlaEvent]:
+        """A customer message after an agent's reply starts the next-reply clock; while one runs,
+        it keeps counting from the oldest unanswered message."""
+        s = self.state
+        if not s.sla_v2 or s.policy is None or s.policy.next_reply_seconds is None or s.first_response_at is None:
+            return []
+        current = s.sla.get("next_reply")
+        if current is not None and current.active:
+            return []
+        clock = self._new_clock("next_reply", s.policy.next_reply_seconds, now)
+        s.sla["next_reply"] = clock
+        return [self._event(clock, "started", now)]
 
     @customer_reply.validator
     def _validate_customer_reply(self, req: CustomerReply) -> None:
@@ -473,8 +604,10 @@ class TicketWorkflow:
         async with self._lock:
             self._require(Status.OPEN, action="pend")
             self.state.status = Status.PENDING
-            self._pause_clocks(workflow.now())
-            await self._record("pended", req.agent, {"reason": req.reason}, update={"status": Status.PENDING})
+            events = self._pause_clocks(workflow.now())
+            await self._record(
+                "pended", req.agent, {"reason": req.reason}, update={"status": Status.PENDING}, sla=events
+            )
             self._changed = True
         return self.state
 
@@ -488,10 +621,13 @@ class TicketWorkflow:
             self._require(Status.OPEN, Status.PENDING, action="resolve")
             s, now = self.state, workflow.now()
             assert s.policy is not None
-            self._pause_clocks(now)
-            for clock in self._timed_clocks():
-                if clock.metric in ("resolution", "tier"):
-                    clock.fulfilled_at = now
+            if s.sla_v2:
+                events = self._fulfil(("resolution", "tier", "next_reply"), now) + self._pause_clocks(now)
+            else:
+                events = self._pause_clocks(now)
+                for clock in self._timed_clocks():
+                    if clock.metric in ("resolution", "tier"):
+                        clock.fulfilled_at = now
             s.status, s.resolved_at, s.resolved_by = Status.RESOLVED, now, req.agent
             s.resolutions += 1
             s.survey_due_at = now + timedelta(seconds=s.policy.csat_delay_seconds)
@@ -501,6 +637,7 @@ class TicketWorkflow:
                 req.agent,
                 {"resolution": req.resolution, "n": s.resolutions, "tier": s.tier},
                 update={"status": Status.RESOLVED, "resolved_at": now},
+                sla=events,
             )
             await self._notify("resolved", "customer", key=f"resolved:{s.ticket_id}:{s.resolutions}")
             self._changed = True
@@ -534,6 +671,7 @@ class TicketWorkflow:
             actor,
             {"reason": reason, "resolution": s.resolutions},
             update={"status": Status.OPEN, "resolved_at": None},
+            sla=[self._event(s.sla["resolution"], "started", now)],
         )
 
     @workflow.update(name=contract.ESCALATE)
@@ -576,3 +714,122 @@ class TicketWorkflow:
     @rate.validator
     def _validate_rate(self, req: RateRequest) -> None:
         self._require(Status.RESOLVED, action="rate")
+
+    # --- live policy changes: every pending deadline is recomputed, none goes stale ---------------
+
+    async def _policy_for(self, department: str, priority: Priority) -> Policy:
+        try:
+            policy: Policy = await self._activity(
+                contract.LOAD_POLICY,
+                PolicyRequest(department=department, priority=priority, customer_type=self.state.customer_type),
+                Policy,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(err)
+            raise _invalid(message) from err
+        return policy
+
+    def _apply_policy(self, policy: Policy, now: datetime) -> list[SlaEvent]:
+        """Keep what each clock has used (measured on the old calendar), take the new targets,
+        calendar and counting mode from here on."""
+        s = self.state
+        clocks = self._timed_clocks()
+        running = {id(c) for c in clocks if c.running_since is not None}
+        for clock in clocks:
+            clock.pause(now, self._cal)
+        s.policy = policy
+        events = []
+        for clock in clocks:
+            target = policy.tier_budget_seconds[s.tier] if clock.metric == "tier" else policy.target(clock.metric)
+            if target is None:  # the metric no longer applies to this ticket
+                clock.fulfilled_at = now
+                continue
+            clock.target_seconds = target
+            clock.business = policy.business.get(clock.metric, False)
+            if clock.metric != "tier":
+                clock.reminder_fractions = list(policy.reminder_fractions)
+            if id(clock) in running:
+                clock.resume(now)
+            events.append(self._event(clock, "retargeted", now))
+        return events
+
+    @workflow.update(name=contract.CHANGE_PRIORITY)
+    async def change_priority(self, req: ChangePriority) -> TicketState:
+        async with self._lock:
+            self._validate_change_priority(req)
+            s, now = self.state, workflow.now()
+            assert s.department is not None
+            policy = await self._policy_for(s.department, req.priority)
+            before, s.priority = s.priority, req.priority
+            events = self._apply_policy(policy, now)
+            await self._record(
+                "priority_changed",
+                req.actor,
+                {"from": before, "to": req.priority, "reason": req.reason},
+                update={"priority": req.priority},
+                sla=events,
+            )
+            self._changed = True
+        return self.state
+
+    @change_priority.validator
+    def _validate_change_priority(self, req: ChangePriority) -> None:
+        self._require(Status.OPEN, Status.PENDING, action="change the priority of")
+        if req.priority == self.state.priority:
+            raise _invalid(f"the ticket is already {req.priority}")
+
+    @workflow.update(name=contract.TRANSFER)
+    async def transfer(self, req: Transfer) -> TicketState:
+        async with self._lock:
+            self._validate_transfer(req)
+            s, now = self.state, workflow.now()
+            assert s.priority is not None
+            policy = await self._policy_for(req.department, s.priority)  # rejects an unknown department
+            before, s.department = s.department, req.department
+            events = self._apply_policy(policy, now)
+            await self._route(s.tier, now)
+            await self._record(
+                "transferred",
+                req.actor,
+                {"from": before, "to": req.department, "reason": req.reason},
+                update={"department": req.department},
+                sla=events,
+            )
+            await self._notify_staff("escalation", "assignee", {"cause": f"transferred from {before}: {req.reason}"})
+            self._changed = True
+        return self.state
+
+    @transfer.validator
+    def _validate_transfer(self, req: Transfer) -> None:
+        self._require(Status.OPEN, Status.PENDING, action="transfer")
+        if req.department == self.state.department:
+            raise _invalid(f"the ticket is already in {req.department}")
+        known = self.state.policy.departments if self.state.policy else []
+        if known and req.department not in known:
+            raise _invalid(f"unknown department {req.department!r} (one of: {', '.join(known)})")
+
+    @workflow.update(name=contract.REFRESH_POLICY)
+    async def refresh_policy(self, req: RefreshPolicy) -> TicketState:
+        async with self._lock:
+            self._require(Status.OPEN, Status.PENDING, action="refresh the policy of")
+            s, now = self.state, workflow.now()
+            assert s.department is not None and s.priority is not None
+            events = self._apply_policy(await self._policy_for(s.department, s.priority), now)
+            await self._record("policy_refreshed", req.actor, {"reason": req.reason}, sla=events)
+            self._changed = True
+        return self.state
+
+    @workflow.update(name=contract.DEESCALATE)
+    async def deescalate(self, req: EscalateRequest) -> TicketState:
+        async with self._lock:
+            self._validate_deescalate(req)
+            await self._escalate(self.state.tier - 1, "manual", f"{req.actor}: {req.reason}")
+            self._changed = True
+        return self.state
+
+    @deescalate.validator
+    def _validate_deescalate(self, req: EscalateRequest) -> None:
+        self._require(Status.OPEN, Status.PENDING, action="de-escalate")
+        if self.state.tier <= 1:
+            raise _invalid("the ticket is already at tier 1, the lowest tier")
