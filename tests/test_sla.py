@@ -5,7 +5,7 @@ change; escalation driven by breaches; staff notices held out of hours; exact fi
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -151,6 +151,7 @@ async def test_pause_resume_and_next_reply_are_recorded_in_business_time(
         state = await tickets.reply(tid, "anna", "Fixed in today's release.")
         assert state.sla["next_reply"].fulfilled_at is not None
         await tickets.resolve(tid, "anna")
+        state = await tickets.get(tid)
 
     events = [(e["metric"], e["event"], e["elapsed_seconds"]) for e in await sla_events(pool, tid)]
     assert ("first_response", "fulfilled", pytest.approx(H, abs=1)) in events
@@ -171,6 +172,20 @@ async def test_pause_resume_and_next_reply_are_recorded_in_business_time(
     assert [
         (r["metric"], r["breached"], r["fulfilled"], round(r["business_seconds_to_fulfil"] / 60)) for r in rows
     ] == [("first_response", False, True, 60), ("next_reply", False, True, 90), ("resolution", False, True, 150)]
+    async with pool.connection() as conn:
+        daily = await (
+            await conn.execute(
+                "SELECT metric, clocks, met, breached, compliance_pct FROM sla_daily"
+                " WHERE department = 'technical_support' AND priority = 'normal' AND day = %s ORDER BY metric",
+                ((monday + timedelta(days=1)).astimezone(UTC).date(),),
+            )
+        ).fetchall()
+    mine = {d["metric"]: d for d in daily}
+    assert mine["resolution"]["clocks"] >= 1 and mine["next_reply"]["clocks"] >= 1
+    assert all(0 <= d["compliance_pct"] <= 100 for d in daily)
+    views = {v.metric: v for v in state.clocks}
+    assert views["resolution"].met_at is not None and views["resolution"].counts == "business hours"
+    assert views["resolution"].elapsed_seconds == pytest.approx(2.5 * H, abs=1)
     pauses = await audit(pool, tid, "agent_reply")
     assert pauses[0]["detail"]["pend"] is True  # the pause itself is in the audit log
 

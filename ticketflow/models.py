@@ -357,6 +357,22 @@ class Rating(BaseModel):
     at: datetime
 
 
+class ClockView(BaseModel):
+    """One clock as an operator reads it. Elapsed is as of the workflow's last event (`as_of`);
+    the due instant does not depend on when it is read."""
+
+    metric: str
+    as_of: datetime
+    counts: str  # "business hours" or "calendar"
+    target_seconds: int
+    elapsed_seconds: float
+    paused: bool
+    due_at: datetime | None
+    breached: bool
+    met_at: datetime | None
+    reminders_sent: list[float]
+
+
 class TicketState(BaseModel):
     """The whole live state of a ticket: what the query returns and continue-as-new carries."""
 
@@ -391,6 +407,7 @@ class TicketState(BaseModel):
     rejection: str | None = None
     sla_v2: bool = False  # business hours, next reply, held notices (patch "sla-business-hours")
     held: list[HeldNotice] = Field(default_factory=list)
+    clocks: list[ClockView] = Field(default_factory=list)  # filled in by the state query only
 
 
 # --- Activity inputs --------------------------------------------------------------------------------

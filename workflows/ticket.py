@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         Categorisation,
         CategoriseRequest,
         ChangePriority,
+        ClockView,
         CustomerReply,
         EscalateRequest,
         Escalation,
@@ -510,7 +511,25 @@ class TicketWorkflow:
 
     @workflow.query(name=contract.STATE_QUERY)
     def get_state(self) -> TicketState:
-        return self.state
+        """The full state, with every clock's elapsed time and due instant worked out for now."""
+        s, now, cal = self.state, workflow.now(), self._cal
+        clocks = list(s.sla.values()) + ([s.tier_clock] if s.tier_clock else [])
+        views = [
+            ClockView(
+                metric=c.metric,
+                as_of=now,
+                counts="business hours" if c.business else "calendar",
+                target_seconds=c.target_seconds,
+                elapsed_seconds=round(c.elapsed(now, cal) if c.active else c.elapsed_before, 3),
+                paused=c.paused,
+                due_at=c.due_at(cal),
+                breached=c.breached,
+                met_at=c.fulfilled_at,
+                reminders_sent=list(c.reminders_sent),
+            )
+            for c in clocks
+        ]
+        return s.model_copy(update={"clocks": views})
 
     @workflow.update(name=contract.AGENT_REPLY)
     async def agent_reply(self, req: AgentReply) -> TicketState:

@@ -34,3 +34,19 @@ SELECT ticket_id,
 FROM sla_events
 WHERE metric <> 'tier'
 GROUP BY ticket_id, metric, clock_started_at;
+
+-- The daily SLA report: per department, priority, metric and day the clock ended, how many clocks
+-- ended, how many were met in time, compliance %, and the average business time to fulfil.
+CREATE VIEW sla_daily AS
+SELECT department,
+       priority,
+       metric,
+       (ended_at AT TIME ZONE 'UTC')::date                                   AS day,
+       count(*)                                                              AS clocks,
+       count(*) FILTER (WHERE fulfilled AND NOT breached)                    AS met,
+       count(*) FILTER (WHERE breached)                                      AS breached,
+       round(100.0 * count(*) FILTER (WHERE fulfilled AND NOT breached) / count(*), 2) AS compliance_pct,
+       avg(business_seconds_to_fulfil)                                       AS avg_business_seconds
+FROM sla_outcomes
+WHERE ended_at IS NOT NULL
+GROUP BY department, priority, metric, (ended_at AT TIME ZONE 'UTC')::date;
