@@ -174,6 +174,15 @@ def worker() -> None:
         raise typer.Exit(1) from None
 
 
+@app.command("register-search-attributes")
+def register_search_attributes_command() -> None:
+    """Register ticketflow's search attributes on the Temporal namespace (idempotent)."""
+    from starter.admin import register_search_attributes
+
+    added = _run(lambda c: register_search_attributes(c.client))
+    console.print(f"registered: {', '.join(added)}" if added else "all search attributes already registered")
+
+
 # --- tickets -------------------------------------------------------------------------------------------
 
 

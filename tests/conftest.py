@@ -13,17 +13,15 @@ import pytest
 import pytest_asyncio
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, Interceptor, OutboundInterceptor, StartWorkflowInput, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.db import migrate, open_pool
 from activities.mail import SmtpSettings
+from starter.admin import register_search_attributes
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port
 from starter.smtp_sink import SmtpSink
-from ticketflow import search
 from ticketflow.config import Config, default_config
 from ticketflow.models import Priority
 from ticketflow.temporal import DATA_CONVERTER, venv_binary
@@ -78,21 +76,6 @@ def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
 @pytest.fixture(scope="session")
 def smtp_settings(smtp: SmtpSink) -> SmtpSettings:
     return SmtpSettings(host=smtp.host, port=smtp.port)
-
-
-async def register_search_attributes(client: Client) -> None:
-    types = {
-        "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-        "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
-        "BOOL": IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
-        "DATETIME": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
-    }
-    await client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=client.namespace,
-            search_attributes={k.name: types[k.indexed_value_type.name] for k in search.ALL},
-        )
-    )
 
 
 async def start_time_skipping() -> WorkflowEnvironment:

@@ -141,6 +141,8 @@ async def test_cli_open_show_reply_list(
         )
         assert moved.returncode == 0, moved.stderr
         assert (await tickets.get(ticket_id)).department == "technical_support"
+        registered = await asyncio.to_thread(run_cli, env, "register-search-attributes")
+        assert registered.returncode == 0 and "already registered" in registered.stdout  # idempotent
         missing = await asyncio.to_thread(run_cli, env, "show", "aaaaaaaaaaaa")
         assert missing.returncode == 1 and "not found" in missing.stderr
         await tickets.resolve(ticket_id, "carmen")
