@@ -213,7 +213,6 @@ class TicketActivities:
         if req.department not in cfg.departments:
             raise ApplicationError(f"unknown department {req.department!r}", non_retryable=True)
         sla = cfg.sla.resolve(req.department, req.priority, req.customer_type)
-        business = sla.hours == "business"
         first, reply, resolution = (sla.seconds[m] for m in ("first_response", "next_reply", "resolution"))
         assert first is not None and resolution is not None
         return Policy(
@@ -224,7 +223,7 @@ class TicketActivities:
             tier_budget_seconds={t.level: t.budget_minutes * 60 for t in cfg.tiers},
             csat_delay_seconds=round(cfg.csat.delay_minutes * 60),
             csat_window_seconds=round(cfg.csat.window_minutes * 60),
-            business={m: business for m in ("first_response", "next_reply", "resolution", "tier")},
+            business={metric: hours == "business" for metric, hours in sla.hours.items()},
             calendar=cfg.calendar_of(req.department),
             pause_when_pending=list(cfg.sla.pause_when_pending),
             notify_out_of_hours=req.priority in cfg.sla.notify_out_of_hours,
@@ -591,7 +590,7 @@ class TicketActivities:
             created = ticket["created_at"]
             due = (
                 add_business_seconds(cal, created, first)
-                if sla.hours == "business" and cal is not None
+                if sla.hours["first_response"] == "business" and cal is not None
                 else created + timedelta(seconds=first)
             )
             ctx["first_response_due"] = due.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")

@@ -115,6 +115,10 @@ async def test_cli_open_show_reply_list(
 
         rows = await poll(listed, lambda rs: any(r["ticket_id"] == ticket_id for r in rs))
         mine = next(r for r in rows if r["ticket_id"] == ticket_id)
+        due = await asyncio.to_thread(run_cli, env, "list", "--due-within", "30d", "--json")
+        assert ticket_id in {r["ticket_id"] for r in json.loads(due.stdout)}  # the resolution target is ahead
+        breached = await asyncio.to_thread(run_cli, env, "list", "--breached", "--json")
+        assert ticket_id not in {r["ticket_id"] for r in json.loads(breached.stdout)}
         assert mine["tier"] == 1 and mine["channel"] == "email" and mine["sla_breached"] is False
         assert mine["sla_due_at"] is not None
 

@@ -320,5 +320,43 @@ def test_sla_matrix_overrides() -> None:
     assert sla.resolve("technical_support", Priority.NORMAL, "vip").seconds["first_response"] == 2 * H  # type: ignore[arg-type]
     assert sla.resolve("billing", Priority.NORMAL, None).seconds["first_response"] == 2 * H
     assert sla.resolve("billing", Priority.HIGH, None).seconds["first_response"] == 1 * H
-    assert sla.resolve("sales", Priority.URGENT, None).hours == "calendar"
-    assert sla.resolve("sales", Priority.LOW, None).hours == "business"
+    assert set(sla.resolve("sales", Priority.URGENT, None).hours.values()) == {"calendar"}
+    assert set(sla.resolve("sales", Priority.LOW, None).hours.values()) == {"business"}
+    mixed = sla.model_copy(update={"metric_hours": {"resolution": "calendar"}})
+    hours = mixed.resolve("sales", Priority.LOW, None).hours
+    assert hours == {
+        "first_response": "business",
+        "next_reply": "business",
+        "resolution": "calendar",
+        "tier": "calendar",
+    }
+
+
+async def test_next_reply_breach_is_its_own_clock_and_does_not_escalate(
+    ts_env: WorkflowEnvironment,
+    ts_client: Client,
+    make_worker: WorkerFactory,
+    task_queue: str,
+    pool: Pool,
+    config: Config,
+) -> None:
+    cal = config.calendars["eu_office"]
+    monday = await next_weekday_at(ts_env, cal, 0, time(9, 0), BERLIN)
+    tickets = TicketClient(ts_client, task_queue)
+    async with make_worker(ts_client, task_queue):
+        tid = await open_at(tickets, ts_env, monday, **EXPORT_ERROR)
+        await skip_to(ts_env, monday.replace(minute=10))
+        await tickets.reply(tid, "anna", "Does it happen with every file?")
+        await skip_to(ts_env, monday.replace(minute=20))
+        await tickets.customer_reply(tid, "Yes, every file.")
+        await skip_to(ts_env, monday.replace(minute=30))
+        state = await tickets.customer_reply(tid, "Any news?")  # the clock keeps the oldest unanswered message
+        assert near(state.sla["next_reply"].due_at(cal), monday.replace(hour=17, minute=20))
+        await skip_to(ts_env, monday.replace(hour=17, minute=21))
+        state = await tickets.get(tid)
+        assert state.sla["next_reply"].breached and not state.sla["resolution"].breached
+        # the tier-1 budget (4 business hours) moved it at 13:00; the next-reply breach did not move it again:
+        # only a resolution breach moves tiers by default
+        assert [(e.to_tier, e.cause) for e in state.escalations] == [(2, "timer")]
+    breaches = [e for e in await sla_events(pool, tid) if e["event"] == "breached"]
+    assert [(b["metric"], round(b["elapsed_seconds"] / 60)) for b in breaches] == [("next_reply", 480)]

@@ -112,12 +112,13 @@ class ResolvedSla(BaseModel):
     """The targets one ticket runs on, in seconds, with how each metric counts."""
 
     seconds: dict[str, int | None]
-    hours: Hours
+    hours: dict[str, Hours]  # per metric, and "tier" (which follows resolution)
 
 
 class Sla(_Cfg):
     reminder_fractions: list[float] = Field(default_factory=lambda: [0.5, 0.75, 0.9])
     hours: Hours = "business"  # how targets and tier budgets count, unless a priority or override says
+    metric_hours: dict[Metric, Hours] = Field(default_factory=dict)  # e.g. resolution = "calendar"
     pause_when_pending: list[Metric | Literal["tier"]] = Field(
         default_factory=lambda: [*METRICS, "tier"]  # type: ignore[arg-type]
     )
@@ -135,7 +136,9 @@ class Sla(_Cfg):
             "next_reply": base.next_reply_minutes,
             "resolution": base.resolution_minutes,
         }
-        hours = base.hours or self.hours
+        hours: dict[str, Hours] = {m: self.metric_hours.get(m, self.hours) for m in METRICS}
+        if base.hours:
+            hours = dict.fromkeys(METRICS, base.hours)
         for o in self.overrides:
             if not o.matches(department, priority, customer_type):
                 continue
@@ -145,9 +148,11 @@ class Sla(_Cfg):
                 value = getattr(o, f"{metric}_minutes")
                 if value is not None:
                     minutes[metric] = value
-            hours = o.hours or hours
+            if o.hours:
+                hours = dict.fromkeys(METRICS, o.hours)
         return ResolvedSla(
-            seconds={k: (round(v * 60) if v is not None else None) for k, v in minutes.items()}, hours=hours
+            seconds={k: (round(v * 60) if v is not None else None) for k, v in minutes.items()},
+            hours={**hours, "tier": hours["resolution"]},
         )
 
     @field_validator("reminder_fractions")
