@@ -194,7 +194,7 @@ class TicketActivities:
                     seq=req.seq,
                     event="categorised",
                     actor="rules",
-                    at=datetime.now().astimezone(),
+                    at=req.at or datetime.now(UTC),
                     detail=result.model_dump(mode="json"),
                     ticket_update={
                         "category": result.category,

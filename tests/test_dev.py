@@ -46,6 +46,17 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(60)
 
 
+async def count_tickets(port: int, expected: int) -> int:
+    """Tickets visible through Temporal visibility, asking again until `expected` show up (or 10 s)."""
+    client = await TicketClient.connect(f"127.0.0.1:{port}")
+    for _ in range(50):
+        rows = await client.list(limit=100)
+        if len(rows) >= expected:
+            break
+        await asyncio.sleep(0.2)
+    return len(rows)
+
+
 def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
     temporal_port, metrics_port = free_port(), free_port()
     env = {
@@ -65,16 +76,7 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         text = log.read_text()
         assert "Temporal UI" in text and "opened" in text
 
-        async def listed() -> int:
-            client = await TicketClient.connect(f"127.0.0.1:{temporal_port}")
-            for _ in range(50):
-                rows = await client.list(limit=100)
-                if len(rows) >= 6:
-                    break
-                await asyncio.sleep(0.2)
-            return len(rows)
-
-        assert asyncio.run(listed()) == 6
+        assert asyncio.run(count_tickets(temporal_port, 6)) == 6
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         created = [line for line in metrics.splitlines() if line.startswith("ticketflow_tickets_created_total")]
         assert sum(float(line.rsplit(" ", 1)[1]) for line in created) == 6
@@ -96,15 +98,6 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
     try:
         wait_for_text(log, "Ctrl-C stops everything", proc, within=120)
 
-        async def count_again() -> int:
-            client = await TicketClient.connect(f"127.0.0.1:{temporal_port}")
-            for _ in range(50):
-                rows = await client.list(limit=100)
-                if len(rows) >= 6:
-                    break
-                await asyncio.sleep(0.2)
-            return len(rows)
-
-        assert asyncio.run(count_again()) == 6
+        assert asyncio.run(count_tickets(temporal_port, 6)) == 6
     finally:
         assert stop(proc) == 0

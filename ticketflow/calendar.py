@@ -15,10 +15,21 @@ from itertools import pairwise
 from typing import Annotated, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # How many days in a row may be closed before a calendar counts as broken (holidays can close many days).
 _MAX_CLOSED_DAYS = 400
+
+
+def _known_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown time zone {name!r}") from e
+    return name
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 class Weekday(StrEnum):
@@ -64,20 +75,11 @@ class Interval(BaseModel):
 class BusinessCalendar(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     always_open: bool = False
     weekly: dict[Weekday, list[Interval]] = Field(default_factory=dict)
     holidays: list[date] = Field(default_factory=list)
     recurring_holidays: list[str] = Field(default_factory=list)  # "MM-DD", every year
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {v!r}") from e
-        return v
 
     @field_validator("recurring_holidays")
     @classmethod

@@ -12,12 +12,11 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal, Self
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ticketflow.calendar import BusinessCalendar
+from ticketflow.calendar import BusinessCalendar, TimeZoneName
 from ticketflow.models import Channel, CustomerType, Priority, Region
 
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -51,19 +50,10 @@ class Department(_Cfg):
     name: str
     email: str  # sender address for this department's mail
     lead: str  # address of the department lead (escalation and breach notices)
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     calendar: Key | None = None  # a key of [calendars]; none means open around the clock
     signature: str = ""
     agents: list[Agent] = Field(min_length=1)
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {v!r}") from e
-        return v
 
     def agents_for(self, tier: int) -> list[Agent]:
         return [a for a in self.agents if tier in a.tiers]
@@ -213,7 +203,7 @@ class Config(_Cfg):
     default_department: Key
     default_priority: Priority = Priority.NORMAL
     languages: list[str]
-    regions: dict[Region, str]  # region -> default time zone
+    regions: dict[Region, TimeZoneName]  # region -> default time zone
     calendars: dict[Key, BusinessCalendar] = Field(default_factory=dict)
     departments: dict[Key, Department]
     tiers: list[Tier]
@@ -221,16 +211,6 @@ class Config(_Cfg):
     categories: list[CategoryRule]
     priority_rules: list[PriorityRule] = Field(default_factory=list)
     csat: Csat = Csat()
-
-    @field_validator("regions")
-    @classmethod
-    def _region_zones(cls, v: dict[Region, str]) -> dict[Region, str]:
-        for region, zone in v.items():
-            try:
-                ZoneInfo(zone)
-            except (ZoneInfoNotFoundError, ValueError) as e:
-                raise ValueError(f"region {region}: unknown time zone {zone!r}") from e
-        return v
 
     @model_validator(mode="after")
     def _references(self) -> Self:

@@ -458,6 +458,7 @@ class IntakeRequest(BaseModel):
 class CategoriseRequest(BaseModel):
     ticket_id: str
     seq: int
+    at: datetime | None = None  # workflow time of the decision (absent in histories before it was added)
 
 
 class RouteRequest(BaseModel):

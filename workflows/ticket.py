@@ -138,7 +138,9 @@ class TicketWorkflow:
         s.messages = 1  # the customer's opening message
 
         cat = await self._activity(
-            contract.CATEGORISE, CategoriseRequest(ticket_id=s.ticket_id, seq=self._next_seq()), Categorisation
+            contract.CATEGORISE,
+            CategoriseRequest(ticket_id=s.ticket_id, seq=self._next_seq(), at=workflow.now()),
+            Categorisation,
         )
         s.category, s.department, s.priority, s.language = cat.category, cat.department, cat.priority, cat.language
         s.categorisation_reasons = cat.reasons
