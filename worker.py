@@ -53,9 +53,10 @@ def build_worker(
     pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]],
     config: Config,
     smtp: SmtpSettings,
+    activities: TicketActivities | None = None,
     **worker_options: Any,
 ) -> Worker:
-    acts = TicketActivities(pool, config, smtp)
+    acts = activities or TicketActivities(pool, config, smtp)
     return Worker(
         client,
         task_queue=task_queue,

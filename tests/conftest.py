@@ -15,8 +15,8 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client, Interceptor, OutboundInterceptor, StartWorkflowInput, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
+from activities import TicketActivities
 from activities.db import migrate, open_pool
 from activities.mail import SmtpSettings
 from starter.admin import register_search_attributes
@@ -161,9 +161,10 @@ def make_worker(
     pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]], config: Config, smtp_settings: SmtpSettings
 ) -> WorkerFactory:
     @asynccontextmanager
-    async def factory(client: Client, task_queue: str, cfg: Config | None = None) -> AsyncIterator[Worker]:
-        worker = build_worker(client, task_queue, pool, cfg or config, smtp_settings)
-        async with worker:
-            yield worker
+    async def factory(client: Client, task_queue: str, cfg: Config | None = None) -> AsyncIterator[TicketActivities]:
+        """Runs a worker; yields its activities, whose policy a test may swap as a reload would."""
+        acts = TicketActivities(pool, cfg or config, smtp_settings)
+        async with build_worker(client, task_queue, pool, cfg or config, smtp_settings, activities=acts):
+            yield acts
 
     return factory

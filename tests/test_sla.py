@@ -20,7 +20,7 @@ from starter.client import InvalidTransition, TicketClient
 from starter.smtp_sink import SmtpSink
 from tests.conftest import WorkerFactory, start_time_skipping
 from tests.factories import ticket
-from ticketflow.calendar import BusinessCalendar
+from ticketflow.calendar import BusinessCalendar, Weekday
 from ticketflow.config import Config
 from ticketflow.models import Priority, Status
 
@@ -360,3 +360,37 @@ async def test_next_reply_breach_is_its_own_clock_and_does_not_escalate(
         assert [(e.to_tier, e.cause) for e in state.escalations] == [(2, "timer")]
     breaches = [e for e in await sla_events(pool, tid) if e["event"] == "breached"]
     assert [(b["metric"], round(b["elapsed_seconds"] / 60)) for b in breaches] == [("next_reply", 480)]
+
+
+async def test_policy_refresh_applies_new_targets_and_hours_to_a_live_ticket(
+    ts_env: WorkflowEnvironment, ts_client: Client, make_worker: WorkerFactory, task_queue: str, config: Config
+) -> None:
+    """An operator edits the policy file (normal first response 4 h -> 1 h, Technical Support now open
+    from 07:00) and refreshes a live ticket: the hour already used counts, the rest follows the new file."""
+    cal = config.calendars["eu_office"]
+    monday = await next_weekday_at(ts_env, cal, 0, time(9, 0), BERLIN)
+    targets = dict(config.sla.targets)
+    targets[Priority.NORMAL] = targets[Priority.NORMAL].model_copy(update={"first_response_minutes": 90})
+    early = BusinessCalendar.model_validate(
+        {**cal.model_dump(), "weekly": {day: [{"start": "07:00", "end": "18:00"}] for day in ("mon", "tue")}}
+    )
+    edited = config.model_copy(
+        update={
+            "sla": config.sla.model_copy(update={"targets": targets}),
+            "calendars": {**config.calendars, "eu_office": early},
+        }
+    )
+    tickets = TicketClient(ts_client, task_queue)
+    async with make_worker(ts_client, task_queue) as activities:
+        tid = await open_at(tickets, ts_env, monday, **EXPORT_ERROR)
+        await skip_to(ts_env, monday.replace(hour=10))
+        activities.config = edited  # what a worker restarted with the edited file loads
+        state = await tickets.refresh_policy(tid, "ops", "first response target tightened")
+        first = state.sla["first_response"]
+        assert first.target_seconds == 90 * 60
+        assert first.elapsed(monday.replace(hour=10), state.policy.calendar if state.policy else None) == (
+            pytest.approx(H, abs=1)
+        )
+        assert near(first.due_at(state.policy.calendar if state.policy else None), monday.replace(hour=10, minute=30))
+        assert state.policy is not None and state.policy.calendar is not None
+        assert state.policy.calendar.weekly[Weekday.MON][0].start == time(7)
