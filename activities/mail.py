@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -66,7 +67,8 @@ class SmtpSettings:
 def build_message(
     *, sender: str, recipient: str, mail: RenderedMail, message_id: str, in_reply_to: str | None = None
 ) -> EmailMessage:
-    msg = EmailMessage()
+    # Fold headers only past RFC 5322's hard limit: subjects that carry a ticket reference stay on one line.
+    msg = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
     msg["From"] = sender
     msg["To"] = recipient
     msg["Subject"] = mail.subject

@@ -70,6 +70,7 @@ async def test_full_lifecycle(
         acks = [m for m in mails_for(smtp, opened.ticket_id) if "We received your request" in m.subject]
         assert len(acks) == 1
         assert acks[0].rcpt_tos == ["ada@example.com"]
+        assert acks[0].subject == f"[#{opened.ticket_id}] We received your request: Invoice charged twice"
         assert "billing@northwind.example" in acks[0].mail_from
         assert acks[0].html() and "Invoice charged twice" in acks[0].html()
 
