@@ -229,6 +229,7 @@ class TicketActivities:
             notify_out_of_hours=req.priority in cfg.sla.notify_out_of_hours,
             escalate_on_breach=list(cfg.sla.escalate_on_breach),
             departments=sorted(cfg.departments),
+            agents=[a.id for a in cfg.departments[req.department].agents],
         )
 
     @activity.defn(name=contract.ROUTE)

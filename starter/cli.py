@@ -174,6 +174,17 @@ def worker() -> None:
         raise typer.Exit(1) from None
 
 
+@app.command()
+def schema(
+    output: Annotated[Path, typer.Option(help="Folder for the JSON Schema files.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schemas of the workflow input, every update and the state query."""
+    from ticketflow.schemas import write_schemas
+
+    for path in write_schemas(output):
+        console.print(str(path))
+
+
 @app.command("register-search-attributes")
 def register_search_attributes_command() -> None:
     """Register ticketflow's search attributes on the Temporal namespace (idempotent)."""
@@ -253,6 +264,20 @@ def reply(
 ) -> None:
     """Reply to the customer as an agent."""
     _print_state(_run(lambda c: c.reply(ticket, agent, body, pend)))
+
+
+@app.command()
+def note(ticket: str, agent: Annotated[str, typer.Option()], body: Annotated[str, typer.Option()]) -> None:
+    """Add an internal note (never sent to the customer)."""
+    _print_state(_run(lambda c: c.note(ticket, agent, body)))
+
+
+@app.command()
+def assign(
+    ticket: str, agent: str, actor: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()] = ""
+) -> None:
+    """Assign a ticket to an agent of its department."""
+    _print_state(_run(lambda c: c.assign(ticket, actor, agent, reason)))
 
 
 @app.command("customer-reply")

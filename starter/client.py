@@ -28,9 +28,11 @@ from ticketflow import contract, search
 from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import (
     AgentReply,
+    Assign,
     ChangePriority,
     CustomerReply,
     EscalateRequest,
+    InternalNote,
     PendRequest,
     Priority,
     RateRequest,
@@ -237,6 +239,13 @@ class TicketClient:
         return await self._update(
             ticket_id, contract.CUSTOMER_REPLY, CustomerReply, body=body, external_message_id=external_message_id
         )
+
+    async def note(self, ticket_id: str, agent: str, body: str) -> TicketState:
+        """An internal note: stored with the ticket, never mailed to the customer."""
+        return await self._update(ticket_id, contract.NOTE, InternalNote, agent=agent, body=body)
+
+    async def assign(self, ticket_id: str, actor: str, agent: str, reason: str = "") -> TicketState:
+        return await self._update(ticket_id, contract.ASSIGN, Assign, actor=actor, agent=agent, reason=reason)
 
     async def pend(self, ticket_id: str, agent: str, reason: str = "") -> TicketState:
         return await self._update(ticket_id, contract.PEND, PendRequest, agent=agent, reason=reason)

@@ -71,6 +71,10 @@ async def drive_every_path(tickets: TicketClient, env: WorkflowEnvironment) -> d
     await tickets.wait_for(tid, Status.OPEN)
     paths["priority-transfer-deescalate-next-reply"] = tid
     await tickets.change_priority(tid, "anna", Priority.HIGH, "customer blocked")
+    await tickets.note(tid, "anna", "Customer is on the old exporter.")
+    current = (await tickets.get(tid)).assignee
+    other = next(a for a in ("anna", "lucas", "sofia") if a != current)
+    await tickets.assign(tid, "anna", other, "knows the exporter")
     await tickets.reply(tid, "anna", "Which version do you run?")
     await tickets.customer_reply(tid, "Version 2.")  # starts the next-reply clock
     await tickets.escalate(tid, "anna", "needs a specialist")

@@ -29,6 +29,8 @@ CHANGE_PRIORITY = "change_priority"
 TRANSFER = "transfer"
 REFRESH_POLICY = "refresh_policy"
 DEESCALATE = "deescalate"
+NOTE = "note"
+ASSIGN = "assign"
 STATE_QUERY = "state"
 
 # application error types

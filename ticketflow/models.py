@@ -224,6 +224,19 @@ class CustomerReply(_Strict):
     external_message_id: Annotated[str, StringConstraints(max_length=998)] | None = None
 
 
+class InternalNote(_Strict):
+    """A note for colleagues: stored with the ticket, never sent to the customer."""
+
+    agent: Actor
+    body: Text
+
+
+class Assign(_Strict):
+    actor: Actor
+    agent: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    reason: Reason = ""
+
+
 class PendRequest(_Strict):
     agent: Actor
     reason: Reason = ""
@@ -324,6 +337,7 @@ class Policy(BaseModel):
     notify_out_of_hours: bool = True
     escalate_on_breach: list[str] = Field(default_factory=list)
     departments: list[str] = Field(default_factory=list)  # where a transfer may go
+    agents: list[str] = Field(default_factory=list)  # who may be assigned in the ticket's department
 
     def target(self, metric: str) -> int | None:
         return {

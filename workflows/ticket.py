@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from ticketflow.calendar import BusinessCalendar, is_open, next_opening
     from ticketflow.models import (
         AgentReply,
+        Assign,
         AuditEntry,
         Categorisation,
         CategoriseRequest,
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         HeldNotice,
         IntakeRequest,
         IntakeResult,
+        InternalNote,
         MessageRecord,
         Notification,
         NotificationResult,
@@ -619,6 +621,47 @@ class TicketWorkflow:
     @customer_reply.validator
     def _validate_customer_reply(self, req: CustomerReply) -> None:
         self._require(Status.OPEN, Status.PENDING, Status.RESOLVED, action="add a customer reply to")
+
+    @workflow.update(name=contract.NOTE)
+    async def note(self, req: InternalNote) -> TicketState:
+        async with self._lock:
+            self._validate_note(req)
+            await self._record(
+                "internal_note",
+                req.agent,
+                {},
+                message=MessageRecord(author_kind="note", author=req.agent, body=req.body),
+            )
+        return self.state
+
+    @note.validator
+    def _validate_note(self, req: InternalNote) -> None:
+        self._require(Status.OPEN, Status.PENDING, Status.RESOLVED, action="add a note to")
+
+    @workflow.update(name=contract.ASSIGN)
+    async def assign(self, req: Assign) -> TicketState:
+        async with self._lock:
+            self._validate_assign(req)
+            s = self.state
+            before, s.assignee = s.assignee, req.agent
+            await self._record(
+                "assigned",
+                req.actor,
+                {"from": before, "to": req.agent, "reason": req.reason},
+                update={"assignee": req.agent},
+            )
+            await self._notify_staff("escalation", "assignee", {"cause": f"assigned to you by {req.actor}"})
+            self._changed = True
+        return self.state
+
+    @assign.validator
+    def _validate_assign(self, req: Assign) -> None:
+        self._require(Status.OPEN, Status.PENDING, action="assign")
+        known = self.state.policy.agents if self.state.policy else []
+        if known and req.agent not in known:
+            raise _invalid(f"{req.agent!r} is not an agent of {self.state.department} (one of: {', '.join(known)})")
+        if req.agent == self.state.assignee:
+            raise _invalid(f"the ticket is already assigned to {req.agent}")
 
     @workflow.update(name=contract.PEND)
     async def pend(self, req: PendRequest) -> TicketState:
