@@ -62,6 +62,10 @@ class InvalidTransition(TicketError):
     pass
 
 
+class DuplicateMessage(TicketError):
+    """The same external message was already added to the ticket: nothing was done again."""
+
+
 class TicketValidationError(TicketError, ValueError):
     def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
         super().__init__(message)
@@ -301,6 +305,8 @@ class TicketClient:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type == contract.INVALID_TRANSITION:
                 raise InvalidTransition(cause.message) from None
+            if isinstance(cause, ApplicationError) and cause.type == contract.DUPLICATE_MESSAGE:
+                raise DuplicateMessage(cause.message) from None
             raise
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:

@@ -17,6 +17,7 @@ from rich.panel import Panel
 from starter.client import TicketClient
 from starter.demo import run_demo
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, port_open, state_dir, wait_for_temporal
+from starter.mail_intake import MailIntakeServer
 from starter.smtp_sink import SmtpSink
 from ticketflow.config import Settings
 from worker import run_worker
@@ -34,6 +35,7 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
     sink: SmtpSink | None = None
     temporal: TemporalDevServer | None = None
     worker_task: asyncio.Task[None] | None = None
+    intake: MailIntakeServer | None = None
     try:
         with console.status("starting PostgreSQL, SMTP sink and Temporal..."):
             if not settings.database_url:
@@ -54,6 +56,11 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
             await asyncio.to_thread(temporal.start)
             await wait_for_temporal(temporal.address)
         worker_task = asyncio.create_task(run_worker(settings, stop))
+        if settings.intake_smtp_port:
+            intake_client = await TicketClient.connect(
+                temporal.address, settings.temporal_namespace, settings.task_queue
+            )
+            intake = await MailIntakeServer(intake_client, settings.intake_smtp_host, settings.intake_smtp_port).start()
 
         metrics = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
         sdk = (
@@ -68,7 +75,13 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
                 f"task queue {settings.task_queue})\n"
                 f"[bold]PostgreSQL[/]      {settings.database_url}\n"
                 f"[bold]Mail (SMTP sink)[/] smtp://{settings.smtp_host}:{settings.smtp_port} -> {root / 'mail'}/*.eml\n"
-                f"[bold]Metrics[/]         {metrics}  (Temporal SDK: {sdk})\n"
+                f"[bold]Mail intake[/]     "
+                + (
+                    f"smtp://{settings.intake_smtp_host}:{settings.intake_smtp_port} (send mail here to open tickets)\n"
+                    if settings.intake_smtp_port
+                    else "off\n"
+                )
+                + f"[bold]Metrics[/]         {metrics}  (Temporal SDK: {sdk})\n"
                 f"[bold]State[/]           {root}\n\n"
                 "Try: [cyan].venv/bin/ticketflow list[/]   [cyan].venv/bin/ticketflow show TICKET[/]   "
                 "Ctrl-C stops everything.",
@@ -97,6 +110,8 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
         if worker_task and not worker_task.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(worker_task, 40)
+        if intake:
+            await intake.stop()
         if temporal:
             await asyncio.to_thread(temporal.stop)
         if sink:

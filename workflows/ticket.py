@@ -63,6 +63,7 @@ PATCH_SLA_V2 = "sla-business-hours"
 EPSILON = 0.001  # seconds: calendar arithmetic is exact to the microsecond, never loop on rounding
 STAFF_TEMPLATES = ("sla_reminder", "sla_breach", "escalation")
 MAX_TIER = 4
+RECENT_MESSAGE_IDS = 50  # external ids of recent customer messages kept for de-duplication
 SYSTEM = "system"
 
 # Database and policy steps are quick; retry them for as long as it takes (an outage loses nothing).
@@ -577,8 +578,11 @@ class TicketWorkflow:
     async def customer_reply(self, req: CustomerReply) -> TicketState:
         async with self._lock:
             self._require(Status.OPEN, Status.PENDING, Status.RESOLVED, action="add a customer reply to")
+            self._validate_customer_reply(req)
             s, now = self.state, workflow.now()
             s.messages += 1
+            if req.external_message_id:  # a mail gateway may deliver the same reply twice
+                s.recent_message_ids = [*s.recent_message_ids[-(RECENT_MESSAGE_IDS - 1) :], req.external_message_id]
             before = s.status
             update: dict[str, Any] = {}
             events: list[SlaEvent] = []
@@ -621,6 +625,12 @@ class TicketWorkflow:
     @customer_reply.validator
     def _validate_customer_reply(self, req: CustomerReply) -> None:
         self._require(Status.OPEN, Status.PENDING, Status.RESOLVED, action="add a customer reply to")
+        if req.external_message_id and req.external_message_id in self.state.recent_message_ids:
+            raise ApplicationError(
+                f"message {req.external_message_id} is already on this ticket",
+                type=contract.DUPLICATE_MESSAGE,
+                non_retryable=True,
+            )
 
     @workflow.update(name=contract.NOTE)
     async def note(self, req: InternalNote) -> TicketState:

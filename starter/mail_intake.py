@@ -1,0 +1,183 @@
+"""The email channel: an SMTP server (aiosmtpd) that turns mail into tickets and replies.
+
+A message that answers one of ours (In-Reply-To/References carry our Message-IDs) or names a ticket in
+its subject (`[#abcdefghijkl]`) is added to that ticket with the quoted history stripped; anything else
+opens a ticket whose id derives from the Message-ID, so a message delivered twice is one ticket. The
+server answers 250 only once the ticket or reply is durable in Temporal; a transient failure answers 451,
+so the sending server retries and nothing is lost; a message that can never become a ticket gets a 550.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import logging
+import re
+import signal
+import uuid
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketValidationError
+from ticketflow.config import Settings
+from ticketflow.ids import parse_ticket_id
+
+log = logging.getLogger("ticketflow.mail_intake")
+
+# Our Message-IDs: <ack.TICKET@ticketflow>, <agent_reply.TICKET.7.customer@ticketflow>, ...
+_OUR_ID = re.compile(r"<[a-z_]+\.([a-z2-7]{12})(?:\.[^>@]*)?@ticketflow>")
+_SUBJECT_REF = re.compile(r"\[#([a-z2-7]{12})\]")
+_QUOTE_HEADERS = re.compile(
+    r"^(On .+ wrote:|Am .+ schrieb .+:|Le .+ a écrit ?:|El .+ escribió:|Em .+ escreveu:|"
+    r"-----\s*Original Message\s*-----|From: .+)\s*$",
+    re.IGNORECASE,
+)
+MAX_BODY = 200_000
+
+
+@dataclass(frozen=True)
+class Ingested:
+    kind: str  # opened | duplicate | reply | duplicate_reply | follow_up
+    ticket_id: str
+
+
+def strip_quoted(text: str) -> str:
+    """The new part of a reply: everything above the first quote header, without '>' lines."""
+    kept: list[str] = []
+    for line in text.splitlines():
+        if _QUOTE_HEADERS.match(line.strip()):
+            break
+        if not line.lstrip().startswith(">"):
+            kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def _text(msg: EmailMessage) -> str:
+    part = msg.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        return ""
+    content = str(part.get_content())
+    if part.get_content_type() == "text/html":
+        content = re.sub(r"<[^>]+>", " ", re.sub(r"(?is)<(script|style).*?</\1>", " ", content))
+    return content
+
+
+def _attachments(msg: EmailMessage) -> list[dict[str, Any]]:
+    out = []
+    for part in msg.iter_attachments():
+        payload = part.get_payload(decode=True)
+        out.append(
+            {
+                "filename": (part.get_filename() or "unnamed")[:255],
+                "content_type": part.get_content_type(),
+                "size_bytes": len(payload) if isinstance(payload, bytes) else 0,
+            }
+        )
+    return out[:50]
+
+
+def thread_of(msg: EmailMessage) -> str | None:
+    """The ticket a message answers, from its threading headers or its subject."""
+    refs = " ".join(str(msg.get(h, "")) for h in ("In-Reply-To", "References"))
+    found = _OUR_ID.search(refs) or _SUBJECT_REF.search(str(msg.get("Subject", "")))
+    return parse_ticket_id(found.group(1)) if found else None
+
+
+class MailIntake:
+    def __init__(self, tickets: TicketClient) -> None:
+        self.tickets = tickets
+
+    async def ingest(self, msg: EmailMessage) -> Ingested:
+        message_id = str(msg.get("Message-ID") or "").strip() or f"<{uuid.uuid4().hex}@intake.ticketflow>"
+        name, address = parseaddr(str(msg.get("From", "")))
+        body = strip_quoted(_text(msg))[:MAX_BODY] or "(no text)"
+        ticket_id = thread_of(msg)
+        if ticket_id is not None:
+            try:
+                await self.tickets.customer_reply(ticket_id, body, external_message_id=message_id)
+                return Ingested("reply", ticket_id)
+            except DuplicateMessage:
+                return Ingested("duplicate_reply", ticket_id)
+            except InvalidTransition:  # closed: a follow-up ticket that links the old one
+                follow_up = await self._open(msg, message_id, name, address, body, [f"follow-up:{ticket_id}"])
+                return Ingested("follow_up", follow_up.ticket_id)
+        opened = await self._open(msg, message_id, name, address, body, [])
+        return opened
+
+    async def _open(
+        self, msg: EmailMessage, message_id: str, name: str, address: str, body: str, tags: list[str]
+    ) -> Ingested:
+        subject = " ".join(str(msg.get("Subject", "")).split())[:500] or "(no subject)"
+        opened = await self.tickets.open(
+            {
+                "subject": subject,
+                "body": body,
+                "customer": {"name": name or address.split("@")[0] or "unknown", "email": address},
+                "channel": "email",
+                "external_message_id": message_id,
+                "attachments": _attachments(msg),
+                "tags": tags,
+            }
+        )
+        return Ingested("duplicate" if opened.duplicate else "opened", opened.ticket_id)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content
+        data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+        try:
+            msg = email.message_from_bytes(data, policy=email.policy.default)
+            assert isinstance(msg, EmailMessage)
+            if not getaddresses([str(msg.get("From", ""))])[0][1]:
+                return "550 5.1.7 the message has no sender address to answer"
+            result = await self.ingest(msg)
+        except TicketValidationError as err:
+            return f"550 5.6.0 cannot become a ticket: {str(err)[:400]}"
+        except Exception:  # Temporal unreachable and the like: the sending server will retry
+            log.exception("mail intake failed; answered 451 so the sender retries")
+            return "451 4.3.0 temporarily unable to accept the message, try again later"
+        log.info("mail %s: %s %s", result.kind, result.ticket_id, envelope.mail_from)
+        return f"250 2.0.0 {result.kind} ticket {result.ticket_id}"
+
+
+class MailIntakeServer:
+    """Runs on the caller's event loop, next to the Temporal client it uses."""
+
+    def __init__(self, tickets: TicketClient, host: str = "127.0.0.1", port: int = 2525) -> None:
+        self.handler = MailIntake(tickets)
+        self.host, self.port = host, port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> MailIntakeServer:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(self.handler, enable_SMTPUTF8=True, data_size_limit=25 * 1024 * 1024, hostname="ticketflow"),
+            self.host,
+            self.port,
+        )
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+async def serve_forever(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    tickets = await TicketClient.connect(settings.temporal_address, settings.temporal_namespace, settings.task_queue)
+    server = await MailIntakeServer(tickets, settings.intake_smtp_host, settings.intake_smtp_port).start()
+    log.info("mail intake on smtp://%s:%s", settings.intake_smtp_host, settings.intake_smtp_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
