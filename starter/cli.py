@@ -161,6 +161,19 @@ def dev(
         raise typer.Exit(1) from None
 
 
+@app.command("http-intake")
+def http_intake() -> None:
+    """Run the HTTP intake (POST /tickets) for web forms, chat and APIs (TICKETFLOW_INTAKE_HTTP_*)."""
+    from starter.http_intake import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve_forever(Settings()))
+    except ConnectionError as err:
+        err_console.print(f"[red]http intake cannot start:[/] {err}")
+        raise typer.Exit(1) from None
+
+
 @app.command("mail-intake")
 def mail_intake() -> None:
     """Run the inbound SMTP server that turns mail into tickets and replies (TICKETFLOW_INTAKE_SMTP_*)."""

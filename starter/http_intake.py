@@ -1,0 +1,172 @@
+"""Web form, chat and API intake: a small ASGI app (Starlette) in front of the client SDK.
+
+The same validation as every other entry point, with clear 4xx answers: 400 for a body that is not
+JSON, 413 for a body over the limit, 415 for a wrong content type, 422 with field-level errors, 404
+for an unknown ticket, 409 for an action the ticket's status does not allow. 201 means the ticket's
+workflow exists in Temporal: nothing accepted is lost. Temporal unreachable answers 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from temporalio.service import RPCError
+
+from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
+from ticketflow.config import Settings
+from ticketflow.models import MAX_BODY, Channel
+
+log = logging.getLogger("ticketflow.http_intake")
+MAX_REQUEST_BYTES = MAX_BODY + 64 * 1024  # a full body plus room for the rest of the ticket
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if errors is not None:
+        body["errors"] = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors]
+    return JSONResponse(body, status_code=status)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise BadRequest(415, "send the ticket as application/json")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        raise BadRequest(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise BadRequest(413, f"request body over {MAX_REQUEST_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadRequest(400, f"body is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise BadRequest(400, "body must be a JSON object")
+    return data
+
+
+def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FORM) -> Starlette:
+    async def open_ticket(request: Request) -> JSONResponse:
+        data = await _json(request)
+        data.setdefault("channel", default_channel.value)
+        opened = await tickets.open(data)
+        return JSONResponse(opened.model_dump(), status_code=200 if opened.duplicate else 201)
+
+    async def customer_reply(request: Request) -> JSONResponse:
+        data = await _json(request)
+        body, message_id = data.get("body"), data.get("external_message_id")
+        if not isinstance(body, str) or (message_id is not None and not isinstance(message_id, str)):
+            raise TicketValidationError("invalid reply", [{"loc": ("body",), "msg": "a text body is required"}])
+        state = await tickets.customer_reply(request.path_params["ticket_id"], body, message_id)
+        return JSONResponse({"ticket_id": state.ticket_id, "status": state.status})
+
+    async def status(request: Request) -> JSONResponse:
+        state = await tickets.get(request.path_params["ticket_id"])
+        due = [c.due_at for c in state.clocks if c.due_at and not c.met_at and c.metric != "tier"]
+        return JSONResponse(
+            {
+                "ticket_id": state.ticket_id,
+                "status": state.status,
+                "department": state.department,
+                "priority": state.priority,
+                "next_due_at": min(due).isoformat() if due else None,
+            }
+        )
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, BadRequest):
+            return _error(exc.status, str(exc))
+        if isinstance(exc, TicketValidationError):
+            return _error(422, str(exc), exc.errors)
+        if isinstance(exc, TicketNotFound):
+            return _error(404, str(exc))
+        if isinstance(exc, InvalidTransition | DuplicateMessage):
+            return _error(409, str(exc))
+        log.warning("intake failed: %s", exc)
+        response = _error(503, "temporarily unable to accept the request, try again")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    routes = [
+        Route("/tickets", open_ticket, methods=["POST"]),
+        Route("/tickets/{ticket_id}", status, methods=["GET"]),
+        Route("/tickets/{ticket_id}/replies", customer_reply, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    handled = (
+        BadRequest,
+        TicketValidationError,
+        TicketNotFound,
+        InvalidTransition,
+        DuplicateMessage,
+        RPCError,
+        ConnectionError,
+        TimeoutError,
+    )
+    return Starlette(routes=routes, exception_handlers=dict.fromkeys(handled, handle))
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a process that handles its own signals (ticketflow dev, the CLI)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class HttpIntakeServer:
+    def __init__(self, tickets: TicketClient, host: str = "127.0.0.1", port: int = 8088) -> None:
+        config = uvicorn.Config(create_app(tickets), host=host, port=port, log_level="warning", lifespan="off")
+        self.server = _EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> HttpIntakeServer:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises why it could not start (port in use, ...)
+                raise RuntimeError("http intake stopped at once")
+            await asyncio.sleep(0.05)
+        return self
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+
+async def serve_forever(settings: Settings) -> None:
+    tickets = await TicketClient.connect(settings.temporal_address, settings.temporal_namespace, settings.task_queue)
+    server = await HttpIntakeServer(tickets, settings.intake_http_host, settings.intake_http_port).start()
+    log.info("http intake on http://%s:%s/tickets", settings.intake_http_host, settings.intake_http_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
