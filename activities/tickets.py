@@ -23,8 +23,9 @@ from temporalio.exceptions import ApplicationError
 from activities import mail, metrics
 from activities.mail import SmtpSettings, Templates
 from ticketflow import contract
+from ticketflow.assignment import Candidate, choose, on_shift
 from ticketflow.calendar import add_business_seconds, is_open, next_opening
-from ticketflow.config import Config
+from ticketflow.config import Config, Department
 from ticketflow.models import (
     AuditEntry,
     Categorisation,
@@ -248,31 +249,8 @@ class TicketActivities:
             ).fetchone()
             if prior is not None:
                 return Routing.model_validate(prior)
-            agents = dept.agents_for(req.tier)
-            if agents:
-                cur = await conn.execute(
-                    "INSERT INTO queue_cursors (queue, next_index) VALUES (%s, 1)"
-                    " ON CONFLICT (queue) DO UPDATE SET next_index = queue_cursors.next_index + 1"
-                    " RETURNING next_index - 1 AS idx",
-                    (queue,),
-                )
-                idx = (await cur.fetchone() or {"idx": 0})["idx"]
-                agent = agents[idx % len(agents)]
-                routing = Routing(
-                    department=req.department,
-                    tier=req.tier,
-                    queue=queue,
-                    agent=agent.id,
-                    reason=f"round-robin {idx % len(agents) + 1}/{len(agents)} in queue {queue}",
-                )
-            else:
-                routing = Routing(
-                    department=req.department,
-                    tier=req.tier,
-                    queue=queue,
-                    agent=None,
-                    reason=f"queue {queue} has no agent; left unassigned in the queue",
-                )
+            ticket = await self._ticket(conn, req.ticket_id)
+            routing = await self._assign(conn, dept, req, queue, ticket)
             await conn.execute(
                 "INSERT INTO routing_decisions (ticket_id, step, department, tier, queue, agent, reason, at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -305,6 +283,79 @@ class TicketActivities:
                 ),
             )
         return routing
+
+    async def _assign(
+        self,
+        conn: AsyncConnection[dict[str, Any]],
+        dept: Department,
+        req: RouteRequest,
+        queue: str,
+        ticket: dict[str, Any],
+    ) -> Routing:
+        staff = dept.agents_for(req.tier)
+        if not staff:
+            return Routing(
+                department=req.department,
+                tier=req.tier,
+                queue=queue,
+                agent=None,
+                reason=f"queue {queue} has no agent; left unassigned in the queue",
+            )
+        candidates = [
+            Candidate(
+                a.id,
+                tuple(a.languages),
+                tuple(a.skills),
+                a.away,
+                self.config.calendars.get(a.calendar or dept.calendar or ""),
+            )
+            for a in staff
+        ]
+        present, shift_note = on_shift(candidates, req.at)
+        if not present:
+            return Routing(
+                department=req.department,
+                tier=req.tier,
+                queue=queue,
+                agent=None,
+                reason=f"everyone in queue {queue} is away; left unassigned in the queue",
+            )
+        cursor = (
+            await (
+                await conn.execute(
+                    "INSERT INTO queue_cursors (queue, next_index) VALUES (%s, 1)"
+                    " ON CONFLICT (queue) DO UPDATE SET next_index = queue_cursors.next_index + 1"
+                    " RETURNING next_index - 1 AS idx",
+                    (queue,),
+                )
+            ).fetchone()
+            or {"idx": 0}
+        )["idx"]
+        loads: dict[str, int] = {}
+        if dept.assignment != "round_robin":
+            rows = await (
+                await conn.execute(
+                    "SELECT assignee, count(*) AS n FROM tickets WHERE assignee = ANY(%s)"
+                    " AND status IN ('new', 'open', 'pending') AND id <> %s GROUP BY assignee",
+                    ([a.id for a in present], req.ticket_id),
+                )
+            ).fetchall()
+            loads = {r["assignee"]: r["n"] for r in rows}
+        pick, why = choose(
+            present,
+            dept.assignment,
+            cursor=cursor,
+            loads=loads,
+            language=ticket["language"],
+            category=ticket["category"],
+        )
+        return Routing(
+            department=req.department,
+            tier=req.tier,
+            queue=queue,
+            agent=pick.id,
+            reason=f"{shift_note}{why} in queue {queue}",
+        )
 
     # --- audit ----------------------------------------------------------------------------------------
 

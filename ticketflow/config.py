@@ -36,6 +36,9 @@ class Agent(_Cfg):
     email: str
     tiers: list[int] = Field(min_length=1)
     languages: list[str] = Field(default_factory=lambda: ["en"])
+    skills: list[str] = Field(default_factory=list)  # categories this agent knows best
+    away: bool = False  # on leave: not assigned while anyone else can take the ticket
+    calendar: Key | None = None  # the agent's shift; none means the department's hours
 
     @field_validator("tiers")
     @classmethod
@@ -52,6 +55,7 @@ class Department(_Cfg):
     lead: str  # address of the department lead (escalation and breach notices)
     timezone: TimeZoneName = "UTC"
     calendar: Key | None = None  # a key of [calendars]; none means open around the clock
+    assignment: Literal["round_robin", "least_loaded", "skills"] = "round_robin"
     signature: str = ""
     agents: list[Agent] = Field(min_length=1)
 
@@ -229,6 +233,9 @@ class Config(_Cfg):
         for key, dept in self.departments.items():
             if dept.calendar is not None and dept.calendar not in self.calendars:
                 raise ValueError(f"department {key!r} names unknown calendar {dept.calendar!r}")
+            for agent in dept.agents:
+                if agent.calendar is not None and agent.calendar not in self.calendars:
+                    raise ValueError(f"agent {agent.id!r} names unknown calendar {agent.calendar!r}")
             if not dept.agents_for(1):
                 raise ValueError(f"department {key!r} has no tier-1 agent")
         return self
