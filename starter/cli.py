@@ -275,6 +275,41 @@ def open_ticket(
         console.print(f"opened ticket [bold]{opened.ticket_id}[/] (workflow {opened.workflow_id})")
 
 
+@app.command("import")
+def import_tickets(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV export of another help desk.")],
+    source: Annotated[str, typer.Option(help="Name of the source system (part of each imported id).")] = "helpdesk",
+    mapping_file: Annotated[
+        Path | None, typer.Option("--mapping", help="JSON column mapping (defaults read the common export).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 8,
+) -> None:
+    """Migrate open tickets from a CSV export; re-run to resume, nothing is opened twice."""
+    from starter.importer import ColumnMapping, import_csv
+
+    raw = json.loads(mapping_file.read_text("utf-8")) if mapping_file else {}
+    mapping = ColumnMapping.model_validate({"source": source, **raw})
+    report = _run(lambda c: import_csv(c, file, mapping, concurrency=concurrency, console=console))
+    t = Table(title=f"import of {file.name}")
+    t.add_column("rows")
+    t.add_column("opened", justify="right")
+    t.add_column("already imported", justify="right")
+    t.add_column("closed in source (skipped)", justify="right")
+    t.add_column("rejected", justify="right")
+    t.add_row(
+        str(report.rows),
+        str(report.opened),
+        str(report.already_imported),
+        str(report.skipped_closed),
+        str(len(report.rejected)),
+    )
+    console.print(t)
+    for row, reason in report.rejected[:50]:
+        console.print(f"[yellow]row {row}[/]: {reason}")
+    if len(report.rejected) > 50:
+        console.print(f"... and {len(report.rejected) - 50} more rejected rows")
+
+
 @app.command()
 def show(ticket: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show a ticket's full state: routing, SLA clocks, escalations, ratings."""

@@ -147,7 +147,7 @@ class TicketClient:
 
     # --- opening ------------------------------------------------------------------------------------
 
-    async def open(self, ticket: TicketIn | dict[str, Any]) -> OpenedTicket:
+    async def open(self, ticket: TicketIn | dict[str, Any], *, imported: bool = False) -> OpenedTicket:
         """Validate, then start the ticket's workflow. The same external message id returns the
         existing ticket (duplicate=True) instead of opening a second one."""
         try:
@@ -163,7 +163,7 @@ class TicketClient:
         try:
             handle = await self.client.start_workflow(
                 contract.WORKFLOW_TYPE,
-                TicketWorkflowInput(ticket=valid.model_dump(mode="json")),
+                TicketWorkflowInput(ticket=valid.model_dump(mode="json"), imported=imported),
                 id=wid,
                 task_queue=self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

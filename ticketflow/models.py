@@ -314,6 +314,7 @@ class TicketWorkflowInput(BaseModel):
 
     ticket: dict[str, Any] | None = None
     resume: TicketState | None = None
+    imported: bool = False  # migrated from another help desk: no acknowledgement to the customer
 
 
 class Policy(BaseModel):

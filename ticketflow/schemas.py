@@ -55,7 +55,14 @@ def contract_schemas() -> dict[str, dict[str, Any]]:
         "title": f"{contract.WORKFLOW_TYPE} input",
         "description": "Start a ticket: workflow type TicketWorkflow, workflow id ticket-<id>.",
         "type": "object",
-        "properties": {"ticket": {"$ref": "#/$defs/TicketIn"}},
+        "properties": {
+            "ticket": {"$ref": "#/$defs/TicketIn"},
+            "imported": {
+                "type": "boolean",
+                "default": False,
+                "description": "migrated from another help desk: the customer is not acknowledged again",
+            },
+        },
         "required": ["ticket"],
         "additionalProperties": False,
         "$defs": {**ticket.pop("$defs", {}), "TicketIn": ticket},

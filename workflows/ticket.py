@@ -104,7 +104,7 @@ class TicketWorkflow:
     async def run(self, input: TicketWorkflowInput) -> TicketState:
         if input.resume is None:
             self.state.sla_v2 = workflow.patched(PATCH_SLA_V2)
-            await self._open(input.ticket or {})
+            await self._open(input.ticket or {}, imported=input.imported)
         self._publish_search_attributes()
 
         while self.state.status != Status.CLOSED:
@@ -119,7 +119,7 @@ class TicketWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.state
 
-    async def _open(self, raw: dict[str, Any]) -> None:
+    async def _open(self, raw: dict[str, Any], imported: bool = False) -> None:
         now = workflow.now()
         try:
             intake = await self._activity(
@@ -163,7 +163,8 @@ class TicketWorkflow:
             update={"status": Status.OPEN},
             sla=[self._event(c, "started", start) for c in s.sla.values()],
         )
-        await self._notify("acknowledgement", "customer", key=f"ack:{s.ticket_id}")
+        if not imported:  # a ticket migrated from another help desk was acknowledged there long ago
+            await self._notify("acknowledgement", "customer", key=f"ack:{s.ticket_id}")
 
     async def _sleep_until_next_event(self) -> None:
         self._changed = False
