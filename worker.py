@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -54,9 +55,16 @@ def build_worker(
     config: Config,
     smtp: SmtpSettings,
     activities: TicketActivities | None = None,
+    model_dir: Path | None = None,
     **worker_options: Any,
 ) -> Worker:
-    acts = activities or TicketActivities(pool, config, smtp)
+    classifier = None
+    if model_dir is not None:
+        from activities.classifier import TicketClassifier  # scikit-learn only where a model is configured
+
+        classifier = TicketClassifier.load(model_dir)
+        log.info("categorisation uses the model in %s after the rules", model_dir)
+    acts = activities or TicketActivities(pool, config, smtp, classifier=classifier)
     return Worker(
         client,
         task_queue=task_queue,
@@ -103,7 +111,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
     try:
-        worker = build_worker(client, settings.task_queue, pool, config, smtp_settings(settings))
+        worker = build_worker(
+            client, settings.task_queue, pool, config, smtp_settings(settings), model_dir=settings.model_dir
+        )
         async with worker:
             log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
             await stop.wait()

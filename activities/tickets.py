@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from psycopg import AsyncConnection
@@ -22,6 +22,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities import mail, metrics
 from activities.mail import SmtpSettings, Templates
+
+if TYPE_CHECKING:
+    from activities.classifier import TicketClassifier
 from ticketflow import contract
 from ticketflow.assignment import Candidate, choose, on_shift
 from ticketflow.calendar import add_business_seconds, is_open, next_opening
@@ -82,11 +85,13 @@ class TicketActivities:
         config: Config,
         smtp: SmtpSettings,
         templates: Templates | None = None,
+        classifier: TicketClassifier | None = None,
     ) -> None:
         self.pool = pool
         self.config = config
         self.smtp = smtp
         self.templates = templates or Templates()
+        self.classifier = classifier
 
     # --- intake ---------------------------------------------------------------------------------
 
@@ -187,7 +192,10 @@ class TicketActivities:
                     },
                 }
             )
-            result = categorise(ticket, self.config)
+            prediction = (
+                self.classifier.predict(f"{ticket.subject}\n{ticket.body}") if self.classifier is not None else None
+            )
+            result = categorise(ticket, self.config, prediction)
             await self._audit(
                 conn,
                 AuditEntry(

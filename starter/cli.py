@@ -275,6 +275,64 @@ def open_ticket(
         console.print(f"opened ticket [bold]{opened.ticket_id}[/] (workflow {opened.workflow_id})")
 
 
+@app.command()
+def train(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="Labelled CSV: subject, body, queue, priority, type.")
+    ],
+    output: Annotated[Path, typer.Option(help="Folder for the model (TICKETFLOW_MODEL_DIR).")],
+) -> None:
+    """Train the categorisation model (department/queue, priority, type) on labelled history."""
+    from activities.classifier import TicketClassifier, read_examples
+
+    examples = read_examples(file)
+    path = TicketClassifier.train(examples).save(output)
+    console.print(f"trained on {len(examples)} tickets -> {path}")
+
+
+@app.command()
+def evaluate(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    model: Annotated[Path | None, typer.Option(help="A trained model; without it, cross-validate on FILE.")] = None,
+    folds: Annotated[int, typer.Option(min=2, max=20)] = 5,
+    baselines: Annotated[bool, typer.Option(help="Also score the majority class and the rules alone.")] = False,
+) -> None:
+    """Score the model: accuracy and macro-F1 for queue (with a confusion matrix), priority and type."""
+    from activities.classifier import TicketClassifier, format_scores, majority_baseline, read_examples
+    from activities.classifier import evaluate as run
+
+    examples = read_examples(file)
+    scores = run(examples, TicketClassifier.load(model) if model else None, folds)
+    typer.echo(format_scores(scores))  # plain text: "[queue]" is not markup
+    if baselines:
+        typer.echo("\n--- majority class ---\n" + format_scores(majority_baseline(examples), matrix_for=""))
+        typer.echo("\n--- rules alone (department level) ---\n" + _rules_alone(examples))
+
+
+def _rules_alone(examples: list[Any]) -> str:
+    from activities.classifier import score
+    from ticketflow.config import default_config
+    from ticketflow.models import TicketIn
+    from ticketflow.rules import categorise
+
+    cfg = default_config()
+    truth, predicted = [], []
+    for e in examples:
+        subject, _, body = e.text.partition("\n")
+        t = TicketIn.model_validate(
+            {
+                "subject": subject[:500] or "-",
+                "body": body or "-",
+                "channel": "email",
+                "customer": {"name": "x", "email": "x@example.com"},
+            }
+        )
+        truth.append(cfg.classifier.queue_departments.get(e.labels["queue"], "?"))
+        predicted.append(categorise(t, cfg).department)
+    s = score("department", truth, predicted)
+    return f"accuracy: {s.accuracy:.3f}\nmacro-F1: {s.macro_f1:.3f}"
+
+
 @app.command("import")
 def import_tickets(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV export of another help desk.")],

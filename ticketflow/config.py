@@ -202,6 +202,18 @@ class Csat(_Cfg):
     window_minutes: float = Field(default=7 * 24 * 60, gt=0)
 
 
+class Classifier(_Cfg):
+    """How the trained model is used: only where no category rule matched, and only when confident."""
+
+    min_confidence: float = Field(default=0.5, gt=0, le=1)
+    # the training data's queue names -> departments
+    queue_departments: dict[str, Key] = Field(default_factory=dict)
+    # the training data's priorities -> ours
+    priorities: dict[str, Priority] = Field(
+        default_factory=lambda: {"high": Priority.HIGH, "medium": Priority.NORMAL, "low": Priority.LOW}
+    )
+
+
 class Config(_Cfg):
     organisation: str
     default_department: Key
@@ -215,6 +227,7 @@ class Config(_Cfg):
     categories: list[CategoryRule]
     priority_rules: list[PriorityRule] = Field(default_factory=list)
     csat: Csat = Csat()
+    classifier: Classifier = Classifier()
 
     @model_validator(mode="after")
     def _references(self) -> Self:
@@ -226,6 +239,9 @@ class Config(_Cfg):
         for rule in self.categories:
             if rule.department not in self.departments:
                 raise ValueError(f"category rule {rule.name!r} names unknown department {rule.department!r}")
+        bad = sorted({d for d in self.classifier.queue_departments.values() if d not in self.departments})
+        if bad:
+            raise ValueError(f"classifier.queue_departments names unknown departments {bad}")
         for o in self.sla.overrides:
             unknown = [d for d in o.departments if d not in self.departments]
             if unknown:
@@ -286,6 +302,7 @@ class Settings(BaseSettings):
     intake_http_host: str = "127.0.0.1"
     intake_http_port: int = 8088  # web form / chat / API intake; 0 disables it in `ticketflow dev`
     db_pool_max: int = 10
+    model_dir: Path | None = None  # a model from `ticketflow train`; categorisation uses it after the rules
 
     def policy(self) -> Config:
         return load_config(self.config_file) if self.config_file else default_config()

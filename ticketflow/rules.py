@@ -14,6 +14,8 @@ from functools import lru_cache
 from ticketflow.config import Config
 from ticketflow.models import Categorisation, Channel, CustomerType, Priority, TicketIn
 
+Prediction = Mapping[str, tuple[str, float]]
+
 # Short, frequent function words: enough to tell these languages apart on a ticket's text.
 _STOPWORDS: dict[str, frozenset[str]] = {
     "en": frozenset("the and is are to of my we you it not have this for with can please".split()),
@@ -89,7 +91,8 @@ def _conditions_hold(channels: list[Channel], customer_types: list[CustomerType]
     return not customer_types or ticket.customer.type in customer_types
 
 
-def categorise(ticket: TicketIn, config: Config) -> Categorisation:
+def categorise(ticket: TicketIn, config: Config, prediction: Prediction | None = None) -> Categorisation:
+    """Rules first; where no rule decides, a confident model prediction (target -> (label, probability))."""
     text = normalise(f"{ticket.subject}\n{ticket.body}")
     reasons: list[str] = []
 
@@ -116,7 +119,20 @@ def categorise(ticket: TicketIn, config: Config) -> Categorisation:
         reasons.append(f"category {category} -> {department}: rule {name!r} matched {hits}{where}")
     else:
         category, department = "general", config.default_department
-        reasons.append(f"category general -> {department}: no category rule matched")
+        queue, p = (prediction or {}).get("queue", ("", 0.0))
+        mapped = config.classifier.queue_departments.get(queue)
+        if mapped and p >= config.classifier.min_confidence:
+            department = mapped
+            reasons.append(
+                f"category general -> {department}: no category rule matched; model says {queue!r} (p={p:.2f})"
+            )
+        elif prediction:
+            reasons.append(
+                f"category general -> {department}: no category rule matched; model unsure "
+                f"({queue!r}, p={p:.2f} < {config.classifier.min_confidence})"
+            )
+        else:
+            reasons.append(f"category general -> {department}: no category rule matched")
 
     priority = config.default_priority
     decided = False
@@ -130,6 +146,10 @@ def categorise(ticket: TicketIn, config: Config) -> Categorisation:
             continue
         priority, decided = prule.set, True
         reasons.append(f"priority {priority}: rule {prule.name!r}" + (f" matched {hits}" if hits else ""))
+    label, p = (prediction or {}).get("priority", ("", 0.0))
+    if not decided and label in config.classifier.priorities and p >= config.classifier.min_confidence:
+        priority, decided = config.classifier.priorities[label], True
+        reasons.append(f"priority {priority}: model says {label!r} (p={p:.2f})")
     if not decided:
         reasons.append(f"priority {priority}: default")
     for prule in config.priority_rules:
