@@ -32,7 +32,12 @@ def tiny() -> list[Example]:
     for queue, vocab in words.items():
         for i in range(30):
             text = f"Question {i}\\n" + " ".join(rnd.choices(vocab, k=6))
-            out.append(Example(text, {"queue": queue, "priority": rnd.choice(["high", "low"]), "type": rnd.choice(["Request", "Incident"])}))
+            labels = {
+                "queue": queue,
+                "priority": rnd.choice(["high", "low"]),
+                "type": rnd.choice(["Request", "Incident"]),
+            }
+            out.append(Example(text, labels))
     return out
 
 
