@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # Columns a workflow step may set on the ticket row (never identity or customer data).
 _UPDATABLE = {
     "status",
+    "tags",
     "language",
     "category",
     "priority",
@@ -189,13 +190,20 @@ class TicketActivities:
                         "type": row["customer_type"],
                         "language": row["customer_language"],
                         "region": row["customer_region"],
+                        "plan": row["customer_plan"],
                     },
                 }
             )
+            earlier = await (
+                await conn.execute(
+                    "SELECT 1 FROM tickets WHERE customer_email = %s AND id <> %s AND created_at <= %s LIMIT 1",
+                    (row["customer_email"], req.ticket_id, row["created_at"]),
+                )
+            ).fetchone()
             prediction = (
                 self.classifier.predict(f"{ticket.subject}\n{ticket.body}") if self.classifier is not None else None
             )
-            result = categorise(ticket, self.config, prediction)
+            result = categorise(ticket, self.config, prediction, first_time=earlier is None, at=req.at)
             await self._audit(
                 conn,
                 AuditEntry(
@@ -210,6 +218,7 @@ class TicketActivities:
                         "priority": result.priority,
                         "language": result.language,
                         "department": result.department,
+                        "tags": list(dict.fromkeys([*row["tags"], *result.tags])),
                     },
                 ),
                 extra={"categorisation": Jsonb(result.model_dump(mode="json"))},
@@ -320,6 +329,15 @@ class TicketActivities:
             for a in staff
         ]
         present, shift_note = on_shift(candidates, req.at)
+        wanted = next((a for a in present if a.id == req.preferred_agent), None)
+        if wanted is not None:
+            return Routing(
+                department=req.department,
+                tier=req.tier,
+                queue=queue,
+                agent=wanted.id,
+                reason=f"{shift_note}an automation rule asked for {wanted.id} in queue {queue}",
+            )
         if not present:
             return Routing(
                 department=req.department,

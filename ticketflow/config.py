@@ -184,14 +184,60 @@ class PriorityRule(_Cfg):
     keywords: dict[str, list[str]] = Field(default_factory=dict)
     channels: list[Channel] = Field(default_factory=list)
     customer_types: list[CustomerType] = Field(default_factory=list)
+    first_time: bool | None = None  # true: only a customer's first ticket
 
     @model_validator(mode="after")
     def _one_action(self) -> Self:
         if (self.set is None) == (not self.raise_one):
             raise ValueError(f"priority rule {self.name!r}: give exactly one of 'set' or 'raise_one = true'")
-        if not (self.keywords or self.channels or self.customer_types):
+        if not (self.keywords or self.channels or self.customer_types or self.first_time is not None):
             raise ValueError(f"priority rule {self.name!r} has no condition")
         return self
+
+
+class Condition(_Cfg):
+    """One test on a ticket. Fields: channel, customer_type, plan, region, language, subject, body, text
+    (subject and body), hour (local hour in the department's time zone, 0-23)."""
+
+    field: Literal["channel", "customer_type", "plan", "region", "language", "subject", "body", "text", "hour"]
+    op: Literal["in", "not_in", "contains", "regex", "between"]
+    value: list[str] | str | list[int]
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        import re as _re
+
+        if self.op in ("in", "not_in", "contains") and not isinstance(self.value, list):
+            raise ValueError(f"condition on {self.field}: '{self.op}' needs a list of values")
+        if self.op == "regex":
+            if not isinstance(self.value, str):
+                raise ValueError(f"condition on {self.field}: 'regex' needs one pattern")
+            try:
+                _re.compile(self.value)
+            except _re.error as e:
+                raise ValueError(f"condition on {self.field}: bad regex {self.value!r}: {e}") from e
+        if self.op == "between" and (self.field != "hour" or not isinstance(self.value, list) or len(self.value) != 2):
+            raise ValueError("'between' is for hour, with [from, to) hours (to < from wraps midnight)")
+        return self
+
+
+class Actions(_Cfg):
+    department: Key | None = None
+    priority: Priority | None = None
+    category: Key | None = None
+    tags: list[str] = Field(default_factory=list)
+    assign: Key | None = None
+    spam: bool = False
+
+
+class AutomationRule(_Cfg):
+    """A LiveAgent-style automation rule: condition groups combined with all/any, then actions. Rules run
+    in file order after the keyword rules; a later rule's actions override an earlier one's."""
+
+    name: str
+    match: Literal["all", "any"] = "all"
+    conditions: list[Condition] = Field(min_length=1)
+    actions: Actions
 
 
 class Csat(_Cfg):
@@ -226,6 +272,7 @@ class Config(_Cfg):
     sla: Sla
     categories: list[CategoryRule]
     priority_rules: list[PriorityRule] = Field(default_factory=list)
+    automation: list[AutomationRule] = Field(default_factory=list)
     csat: Csat = Csat()
     classifier: Classifier = Classifier()
 
@@ -242,6 +289,9 @@ class Config(_Cfg):
         bad = sorted({d for d in self.classifier.queue_departments.values() if d not in self.departments})
         if bad:
             raise ValueError(f"classifier.queue_departments names unknown departments {bad}")
+        for auto in self.automation:
+            if auto.actions.department and auto.actions.department not in self.departments:
+                raise ValueError(f"automation rule {auto.name!r} names unknown department {auto.actions.department!r}")
         for o in self.sla.overrides:
             unknown = [d for d in o.departments if d not in self.departments]
             if unknown:

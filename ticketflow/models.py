@@ -124,6 +124,8 @@ class Categorisation(BaseModel):
     language: str
     spam: bool = False
     reasons: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)  # added by automation rules
+    assign: str | None = None  # an agent an automation rule asked for
 
 
 class Routing(BaseModel):
@@ -484,6 +486,7 @@ class RouteRequest(BaseModel):
     tier: int
     step: str  # stable idempotency step name, e.g. "route:1" or "escalate:2"
     at: datetime
+    preferred_agent: str | None = None  # from an automation rule; used when that agent can take the tier
 
 
 class Notification(BaseModel):

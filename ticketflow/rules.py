@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
-from ticketflow.config import Config
+from ticketflow.config import Condition, Config
 from ticketflow.models import Categorisation, Channel, CustomerType, Priority, TicketIn
 
 Prediction = Mapping[str, tuple[str, float]]
@@ -91,8 +93,16 @@ def _conditions_hold(channels: list[Channel], customer_types: list[CustomerType]
     return not customer_types or ticket.customer.type in customer_types
 
 
-def categorise(ticket: TicketIn, config: Config, prediction: Prediction | None = None) -> Categorisation:
-    """Rules first; where no rule decides, a confident model prediction (target -> (label, probability))."""
+def categorise(
+    ticket: TicketIn,
+    config: Config,
+    prediction: Prediction | None = None,
+    *,
+    first_time: bool | None = None,
+    at: datetime | None = None,
+) -> Categorisation:
+    """Rules first; where no rule decides, a confident model prediction (target -> (label, probability));
+    then the automation rules, whose actions have the last word."""
     text = normalise(f"{ticket.subject}\n{ticket.body}")
     reasons: list[str] = []
 
@@ -141,6 +151,8 @@ def categorise(ticket: TicketIn, config: Config, prediction: Prediction | None =
             continue
         if not _conditions_hold(prule.channels, prule.customer_types, ticket):
             continue
+        if prule.first_time is not None and prule.first_time != first_time:
+            continue
         hits = keyword_hits(text, prule.keywords, language) if prule.keywords else []
         if prule.keywords and not hits:
             continue
@@ -155,6 +167,8 @@ def categorise(ticket: TicketIn, config: Config, prediction: Prediction | None =
     for prule in config.priority_rules:
         if not prule.raise_one or not _conditions_hold(prule.channels, prule.customer_types, ticket):
             continue
+        if prule.first_time is not None and prule.first_time != first_time:
+            continue
         if prule.keywords and not keyword_hits(text, prule.keywords, language):
             continue
         raised = Priority(priority).raised()
@@ -162,6 +176,79 @@ def categorise(ticket: TicketIn, config: Config, prediction: Prediction | None =
             reasons.append(f"priority {priority} -> {raised}: rule {prule.name!r}")
             priority = raised
 
-    return Categorisation(
+    result = Categorisation(
         category=category, department=department, priority=priority, language=language, reasons=reasons
     )
+    return apply_automation(ticket, config, result, text, at)
+
+
+def _field(cond: Condition, ticket: TicketIn, result: Categorisation, text: str, hour: int) -> str | int:
+    c = ticket.customer
+    values: dict[str, str | int] = {
+        "channel": ticket.channel.value,
+        "customer_type": c.type.value,
+        "plan": (c.plan or "").casefold(),
+        "region": c.region.value if c.region else "",
+        "language": result.language,
+        "subject": normalise(ticket.subject),
+        "body": normalise(ticket.body),
+        "text": text,
+        "hour": hour,
+    }
+    return values[cond.field]
+
+
+def condition_holds(cond: Condition, ticket: TicketIn, result: Categorisation, text: str, hour: int) -> bool:
+    value = _field(cond, ticket, result, text, hour)
+    if cond.op == "between":
+        start, end = (int(v) for v in cond.value)
+        h = int(value)
+        return start <= h < end if start <= end else (h >= start or h < end)
+    if cond.op == "regex":
+        raw = {"subject": ticket.subject, "body": ticket.body}.get(cond.field, str(value))
+        return (
+            re.search(
+                str(cond.value), raw if cond.field != "text" else f"{ticket.subject}\n{ticket.body}", re.IGNORECASE
+            )
+            is not None
+        )
+    wanted = [str(v).casefold() for v in cond.value] if isinstance(cond.value, list) else [str(cond.value)]
+    if cond.op == "contains":
+        return any(_pattern(w).search(str(value)) for w in wanted)
+    inside = str(value).casefold() in wanted
+    return inside if cond.op == "in" else not inside
+
+
+def apply_automation(
+    ticket: TicketIn, config: Config, result: Categorisation, text: str, at: datetime | None
+) -> Categorisation:
+    for rule in config.automation:
+        zone = ZoneInfo(config.departments[result.department].timezone)
+        hour = (at or datetime.now(UTC)).astimezone(zone).hour
+        checks = [condition_holds(c, ticket, result, text, hour) for c in rule.conditions]
+        if not (all(checks) if rule.match == "all" else any(checks)):
+            continue
+        a = rule.actions
+        done = []
+        updates: dict[str, object] = {}
+        for name in ("department", "priority", "category", "assign"):
+            value = getattr(a, name)
+            if value is not None:
+                updates[name] = value
+                done.append(f"{name}={value}")
+        if a.tags:
+            updates["tags"] = [*result.tags, *(t for t in a.tags if t not in result.tags)]
+            done.append(f"tags+={a.tags}")
+        if a.spam:
+            updates["spam"] = True
+            done.append("spam")
+        result = result.model_copy(
+            update={
+                **updates,
+                "reasons": [
+                    *result.reasons,
+                    f"automation {rule.name!r} ({rule.match} of {len(checks)}): {', '.join(done)}",
+                ],
+            }
+        )
+    return result

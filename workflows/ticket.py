@@ -147,6 +147,13 @@ class TicketWorkflow:
         )
         s.category, s.department, s.priority, s.language = cat.category, cat.department, cat.priority, cat.language
         s.categorisation_reasons = cat.reasons
+        if cat.spam:  # an automation rule marked it: closed at once, nobody notified, the record kept
+            s.status = Status.CLOSED
+            now = workflow.now()
+            await self._record(
+                "closed_as_spam", "rules", {"reasons": cat.reasons}, update={"status": Status.CLOSED, "closed_at": now}
+            )
+            return
         s.policy = await self._load_policy()
 
         start = workflow.now()
@@ -154,7 +161,7 @@ class TicketWorkflow:
             "first_response": self._new_clock("first_response", s.policy.first_response_seconds, start),
             "resolution": self._new_clock("resolution", s.policy.resolution_seconds, start),
         }
-        await self._route(1, start)
+        await self._route(1, start, preferred=cat.assign)
         s.status = Status.OPEN
         await self._record(
             "opened",
@@ -292,7 +299,7 @@ class TicketWorkflow:
 
     # --- steps -------------------------------------------------------------------------------------
 
-    async def _route(self, tier: int, at: datetime) -> Routing:
+    async def _route(self, tier: int, at: datetime, preferred: str | None = None) -> Routing:
         s = self.state
         assert s.department is not None and s.policy is not None
         routing = await self._activity(
@@ -304,6 +311,7 @@ class TicketWorkflow:
                 tier=tier,
                 step=f"route:{s.audit_seq}",
                 at=at,
+                preferred_agent=preferred,
             ),
             Routing,
         )
