@@ -24,6 +24,7 @@ from starter.client import (
     TicketNotFound,
     TicketValidationError,
 )
+from starter.serving import Stoppable
 from ticketflow.config import Settings
 from ticketflow.models import Priority, Status, TicketState
 
@@ -161,30 +162,41 @@ def dev(
         raise typer.Exit(1) from None
 
 
+def _serve(label: str, start: Callable[[TicketClient, Settings], Awaitable[Stoppable]], where: str) -> None:
+    from starter.serving import serve_until_signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    console.print(f"{label} on {where.format(s=settings)}; Ctrl-C stops it")
+    try:
+        asyncio.run(serve_until_signal(settings, lambda tickets: start(tickets, settings)))
+    except ConnectionError as err:
+        err_console.print(f"[red]{label} cannot start:[/] {err}")
+        raise typer.Exit(1) from None
+
+
 @app.command("http-intake")
 def http_intake() -> None:
     """Run the HTTP intake (POST /tickets) for web forms, chat and APIs (TICKETFLOW_INTAKE_HTTP_*)."""
-    from starter.http_intake import serve_forever
+    from starter.http_intake import HttpIntakeServer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(serve_forever(Settings()))
-    except ConnectionError as err:
-        err_console.print(f"[red]http intake cannot start:[/] {err}")
-        raise typer.Exit(1) from None
+    _serve(
+        "http intake",
+        lambda tickets, s: HttpIntakeServer(tickets, s.intake_http_host, s.intake_http_port).start(),
+        "http://{s.intake_http_host}:{s.intake_http_port}/tickets",
+    )
 
 
 @app.command("mail-intake")
 def mail_intake() -> None:
     """Run the inbound SMTP server that turns mail into tickets and replies (TICKETFLOW_INTAKE_SMTP_*)."""
-    from starter.mail_intake import serve_forever
+    from starter.mail_intake import MailIntakeServer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(serve_forever(Settings()))
-    except ConnectionError as err:
-        err_console.print(f"[red]mail intake cannot start:[/] {err}")
-        raise typer.Exit(1) from None
+    _serve(
+        "mail intake",
+        lambda tickets, s: MailIntakeServer(tickets, s.intake_smtp_host, s.intake_smtp_port).start(),
+        "smtp://{s.intake_smtp_host}:{s.intake_smtp_port}",
+    )
 
 
 @app.command()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 from collections.abc import Generator
 from typing import Any
 
@@ -24,7 +23,6 @@ from starlette.routing import Route
 from temporalio.service import RPCError
 
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
-from ticketflow.config import Settings
 from ticketflow.models import MAX_BODY, Channel
 
 log = logging.getLogger("ticketflow.http_intake")
@@ -156,17 +154,3 @@ class HttpIntakeServer:
         if self._task is not None:
             await self._task
             self._task = None
-
-
-async def serve_forever(settings: Settings) -> None:
-    tickets = await TicketClient.connect(settings.temporal_address, settings.temporal_namespace, settings.task_queue)
-    server = await HttpIntakeServer(tickets, settings.intake_http_host, settings.intake_http_port).start()
-    log.info("http intake on http://%s:%s/tickets", settings.intake_http_host, settings.intake_http_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()

@@ -14,7 +14,6 @@ import email
 import email.policy
 import logging
 import re
-import signal
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -24,7 +23,6 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketValidationError
-from ticketflow.config import Settings
 from ticketflow.ids import parse_ticket_id
 
 log = logging.getLogger("ticketflow.mail_intake")
@@ -166,18 +164,3 @@ class MailIntakeServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-
-async def serve_forever(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT."""
-    tickets = await TicketClient.connect(settings.temporal_address, settings.temporal_namespace, settings.task_queue)
-    server = await MailIntakeServer(tickets, settings.intake_smtp_host, settings.intake_smtp_port).start()
-    log.info("mail intake on smtp://%s:%s", settings.intake_smtp_host, settings.intake_smtp_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
