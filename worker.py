@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
@@ -19,6 +21,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import TicketActivities
+from activities.backlog import BacklogCollector
 from activities.db import migrate, open_pool
 from activities.mail import SmtpSettings
 from ticketflow.config import Config, Settings
@@ -76,6 +79,19 @@ def build_worker(
     )
 
 
+def metrics_registry(backlog: BacklogCollector) -> CollectorRegistry:
+    """The business counters plus the backlog gauges. With PROMETHEUS_MULTIPROC_DIR set (several worker
+    processes behind one port, or counters that must outlive a killed process) the counters are read
+    from prometheus-client's per-process files instead of this process's memory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    registry.register(backlog)
+    return registry
+
+
 def smtp_settings(settings: Settings) -> SmtpSettings:
     return SmtpSettings(
         host=settings.smtp_host,
@@ -100,7 +116,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if applied:
         log.info("database migrations applied: %s", ", ".join(applied))
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        registry = metrics_registry(BacklogCollector(settings.database_url, config))
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
         log.info("business metrics on http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
     pool = await open_pool(settings.database_url, settings.db_pool_max)
     stop = stop or asyncio.Event()

@@ -1,18 +1,89 @@
-"""Business metrics. Incremented only when the database confirms a first write, so activity
-retries and workflow replays never count twice."""
+"""Business metrics (prometheus-client), emitted only by activities and only after the database
+has committed a first write: an activity retry or a workflow replay finds the row already there
+and counts nothing, so the counters agree with the rows in PostgreSQL.
+
+Labels carry department keys, priorities, tiers and agent ids, never customer data.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from collections.abc import Callable
+from typing import Self
 
-TICKETS_CREATED = Counter("ticketflow_tickets_created", "Tickets accepted at intake", ["channel", "customer_type"])
-INTAKE_REJECTED = Counter("ticketflow_intake_rejected", "Ticket payloads rejected at intake", ["field"])
-TICKET_EVENTS = Counter(
-    "ticketflow_ticket_events",
-    "Lifecycle events (resolved, reopened, escalated, sla_breach, ...) by department and priority",
-    ["event", "department", "priority"],
+from prometheus_client import Counter, Histogram
+
+# Minutes to weeks: first responses land in the low buckets, resolutions in the high ones.
+DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 345600, 604800, 1209600)
+
+TICKETS = Counter(
+    "ticketflow_tickets",
+    "Ticket lifecycle: created (counted once categorised), resolved, reopened, closed",
+    ["event", "channel", "department", "priority", "category"],
 )
+INTAKE_REJECTED = Counter(
+    "ticketflow_intake_rejected",
+    "Ticket payloads the intake activity refused (a workflow started without the SDK's checks), by field",
+    ["reason"],
+)
+INTAKE_REQUESTS = Counter(
+    "ticketflow_intake_requests",
+    "Requests at the HTTP and mail intake by outcome (opened, duplicate, reply, or why it was refused)",
+    ["entry", "outcome"],
+)
+FIRST_RESPONSE = Histogram(
+    "ticketflow_first_response_seconds",
+    "Time to first agent response: business (the SLA clock's time, pauses excluded) and calendar seconds",
+    ["department", "priority", "time"],
+    buckets=DURATION_BUCKETS,
+)
+RESOLUTION = Histogram(
+    "ticketflow_resolution_seconds",
+    "Time to resolution: business (the SLA clock's time, pauses excluded) and calendar seconds",
+    ["department", "priority", "time"],
+    buckets=DURATION_BUCKETS,
+)
+SLA_EVENTS = Counter(
+    "ticketflow_sla_events",
+    "SLA clock outcomes: reminder, breached, met (in time), fulfilled_late (met after a breach)",
+    ["metric", "event", "department", "priority"],
+)
+ESCALATIONS = Counter(
+    "ticketflow_escalations",
+    "Tier moves (down when to_tier < from_tier) by cause: timer, breach, manual",
+    ["department", "from_tier", "to_tier", "cause"],
+)
+CSAT_SURVEYS = Counter("ticketflow_csat_surveys_sent", "CSAT surveys sent", ["department"])
+CSAT_SCORE = Histogram(
+    "ticketflow_csat_score",
+    "First CSAT answer per resolution (1-5; good/bad map to 5/1), attributed to who resolved the ticket",
+    ["department", "agent", "tier"],
+    buckets=(1, 2, 3, 4, 5),
+)
+CSAT_CHANGED = Counter("ticketflow_csat_rating_changes", "CSAT answers changed within the window", ["department"])
 NOTIFICATIONS = Counter(
-    "ticketflow_notifications", "Emails handed to the SMTP relay or refused", ["template", "outcome"]
+    "ticketflow_notifications",
+    "Email delivery attempts by outcome: sent, refused (permanent), transient (retried)",
+    ["template", "outcome"],
 )
-CSAT_RATINGS = Counter("ticketflow_csat_ratings", "CSAT ratings recorded", ["department", "score"])
+
+
+class Tally:
+    """Metric updates held back until the surrounding transaction has committed."""
+
+    def __init__(self) -> None:
+        self._pending: list[Callable[[], None]] = []
+
+    def inc(self, counter: Counter, **labels: str | int) -> Self:
+        child = counter.labels(**{k: str(v) for k, v in labels.items()})
+        self._pending.append(child.inc)
+        return self
+
+    def observe(self, histogram: Histogram, value: float, **labels: str | int) -> Self:
+        child = histogram.labels(**{k: str(v) for k, v in labels.items()})
+        self._pending.append(lambda: child.observe(value))
+        return self
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for update in pending:
+            update()

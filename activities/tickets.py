@@ -103,7 +103,7 @@ class TicketActivities:
         except ValidationError as err:
             fields = sorted({".".join(str(p) for p in e["loc"][:1]) or "ticket" for e in err.errors()})
             for f in fields:
-                metrics.INTAKE_REJECTED.labels(field=f).inc()
+                metrics.INTAKE_REJECTED.labels(reason=f).inc()
             raise ApplicationError(
                 f"invalid ticket: {format_validation_error(err)}",
                 err.errors(include_url=False, include_context=False, include_input=False),
@@ -157,7 +157,6 @@ class TicketActivities:
                     " created_at) VALUES (%s, 1, 'customer', 'customer', %s, %s, %s)",
                     (req.ticket_id, ticket.body, ticket.external_message_id, req.received_at),
                 )
-                metrics.TICKETS_CREATED.labels(channel=ticket.channel, customer_type=c.type).inc()
                 created_at = created["created_at"]
             else:
                 row = await (
@@ -177,52 +176,61 @@ class TicketActivities:
 
     @activity.defn(name=contract.CATEGORISE)
     async def categorise(self, req: CategoriseRequest) -> Categorisation:
-        async with self.pool.connection() as conn, conn.transaction():
-            row = await self._ticket(conn, req.ticket_id)
-            ticket = TicketIn.model_validate(
-                {
-                    "subject": row["subject"],
-                    "body": row["body"],
-                    "channel": row["channel"],
-                    "customer": {
-                        "name": row["customer_name"],
-                        "email": row["customer_email"],
-                        "type": row["customer_type"],
-                        "language": row["customer_language"],
-                        "region": row["customer_region"],
-                        "plan": row["customer_plan"],
-                    },
-                }
-            )
-            earlier = await (
-                await conn.execute(
-                    "SELECT 1 FROM tickets WHERE customer_email = %s AND id <> %s AND created_at <= %s LIMIT 1",
-                    (row["customer_email"], req.ticket_id, row["created_at"]),
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                row = await self._ticket(conn, req.ticket_id)
+                ticket = TicketIn.model_validate(
+                    {
+                        "subject": row["subject"],
+                        "body": row["body"],
+                        "channel": row["channel"],
+                        "customer": {
+                            "name": row["customer_name"],
+                            "email": row["customer_email"],
+                            "type": row["customer_type"],
+                            "language": row["customer_language"],
+                            "region": row["customer_region"],
+                            "plan": row["customer_plan"],
+                        },
+                    }
                 )
-            ).fetchone()
-            prediction = (
-                self.classifier.predict(f"{ticket.subject}\n{ticket.body}") if self.classifier is not None else None
-            )
-            result = categorise(ticket, self.config, prediction, first_time=earlier is None, at=req.at)
-            await self._audit(
-                conn,
-                AuditEntry(
-                    ticket_id=req.ticket_id,
-                    seq=req.seq,
-                    event="categorised",
-                    actor="rules",
-                    at=req.at or datetime.now(UTC),
-                    detail=result.model_dump(mode="json"),
-                    ticket_update={
-                        "category": result.category,
-                        "priority": result.priority,
-                        "language": result.language,
-                        "department": result.department,
-                        "tags": list(dict.fromkeys([*row["tags"], *result.tags])),
-                    },
-                ),
-                extra={"categorisation": Jsonb(result.model_dump(mode="json"))},
-            )
+                earlier = await (
+                    await conn.execute(
+                        "SELECT 1 FROM tickets WHERE customer_email = %s AND id <> %s AND created_at <= %s LIMIT 1",
+                        (row["customer_email"], req.ticket_id, row["created_at"]),
+                    )
+                ).fetchone()
+                prediction = (
+                    self.classifier.predict(f"{ticket.subject}\n{ticket.body}") if self.classifier is not None else None
+                )
+                result = categorise(ticket, self.config, prediction, first_time=earlier is None, at=req.at)
+                inserted = await self._audit(
+                    conn,
+                    AuditEntry(
+                        ticket_id=req.ticket_id,
+                        seq=req.seq,
+                        event="categorised",
+                        actor="rules",
+                        at=req.at or datetime.now(UTC),
+                        detail=result.model_dump(mode="json"),
+                        ticket_update={
+                            "category": result.category,
+                            "priority": result.priority,
+                            "language": result.language,
+                            "department": result.department,
+                            "tags": list(dict.fromkeys([*row["tags"], *result.tags])),
+                        },
+                    ),
+                    extra={"categorisation": Jsonb(result.model_dump(mode="json"))},
+                )
+            if inserted:
+                metrics.TICKETS.labels(
+                    event="created",
+                    channel=row["channel"],
+                    department=result.department,
+                    priority=str(result.priority),
+                    category=result.category,
+                ).inc()
         return result
 
     @activity.defn(name=contract.LOAD_POLICY)
@@ -387,83 +395,139 @@ class TicketActivities:
 
     @activity.defn(name=contract.RECORD_EVENT)
     async def record_event(self, entry: AuditEntry) -> None:
-        async with self.pool.connection() as conn, conn.transaction():
-            inserted = await self._audit(conn, entry)
-            if inserted and entry.sla_events:
+        tally = metrics.Tally()
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                if not await self._audit(conn, entry):
+                    return  # a retry or a replay: written and counted before
                 row = await self._ticket(conn, entry.ticket_id)
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds,"
-                        " target_seconds, business, fraction, department, priority, at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        [
-                            (
-                                entry.ticket_id,
-                                entry.seq,
-                                e.metric,
-                                e.clock_started_at,
-                                e.event,
-                                e.elapsed_seconds,
-                                e.target_seconds,
-                                e.business,
-                                e.fraction,
-                                row["department"],
-                                row["priority"],
-                                entry.at,
-                            )
-                            for e in entry.sla_events
-                        ],
+                dept, prio = row["department"] or "", row["priority"] or ""
+                if entry.sla_events:
+                    async with conn.cursor() as cur:
+                        await cur.executemany(
+                            "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds,"
+                            " target_seconds, business, fraction, department, priority, at)"
+                            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                            [
+                                (
+                                    entry.ticket_id,
+                                    entry.seq,
+                                    e.metric,
+                                    e.clock_started_at,
+                                    e.event,
+                                    e.elapsed_seconds,
+                                    e.target_seconds,
+                                    e.business,
+                                    e.fraction,
+                                    row["department"],
+                                    row["priority"],
+                                    entry.at,
+                                )
+                                for e in entry.sla_events
+                            ],
+                        )
+                    await self._count_sla(conn, entry, dept, prio, tally)
+                if entry.message is not None:
+                    m = entry.message
+                    await conn.execute(
+                        "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
+                        " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        (entry.ticket_id, entry.seq, m.author_kind, m.author, m.body, m.external_message_id, entry.at),
                     )
-            if inserted and entry.message is not None:
-                m = entry.message
-                await conn.execute(
-                    "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
-                    " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (entry.ticket_id, entry.seq, m.author_kind, m.author, m.body, m.external_message_id, entry.at),
-                )
-            if inserted and entry.event in {
-                "resolved",
-                "reopened",
-                "escalated",
-                "sla_breach",
-                "sla_reminder",
-                "closed",
-                "pended",
-                "survey_sent",
-            }:
-                row = await self._ticket(conn, entry.ticket_id)
-                metrics.TICKET_EVENTS.labels(
-                    event=entry.event, department=row["department"] or "", priority=row["priority"] or ""
-                ).inc()
+                if entry.event in ("resolved", "reopened", "closed", "closed_as_spam"):
+                    tally.inc(
+                        metrics.TICKETS,
+                        event="closed" if entry.event == "closed_as_spam" else entry.event,
+                        channel=row["channel"],
+                        department=dept,
+                        priority=prio,
+                        category=row["category"] or "",
+                    )
+                elif entry.event in ("escalated", "deescalated"):
+                    d = entry.detail
+                    tally.inc(
+                        metrics.ESCALATIONS,
+                        department=dept,
+                        from_tier=d.get("from_tier", ""),
+                        to_tier=d.get("to_tier", ""),
+                        cause=d.get("cause", ""),
+                    )
+                elif entry.event == "survey_sent":
+                    tally.inc(metrics.CSAT_SURVEYS, department=dept)
+            tally.flush()  # counted once the rows are committed, before anything else can fail
+
+    @staticmethod
+    async def _count_sla(
+        conn: AsyncConnection[dict[str, Any]], entry: AuditEntry, dept: str, prio: str, tally: metrics.Tally
+    ) -> None:
+        for e in entry.sla_events:
+            if e.metric == "tier":  # a tier budget is not an SLA: it shows up as escalations
+                continue
+            labels = {"metric": e.metric, "department": dept, "priority": prio}
+            if e.event in ("reminder", "breached"):
+                tally.inc(metrics.SLA_EVENTS, event=e.event, **labels)
+            elif e.event == "fulfilled":
+                late = await (
+                    await conn.execute(
+                        "SELECT 1 FROM sla_events WHERE ticket_id = %s AND metric = %s AND clock_started_at = %s"
+                        " AND event = 'breached' LIMIT 1",
+                        (entry.ticket_id, e.metric, e.clock_started_at),
+                    )
+                ).fetchone()
+                tally.inc(metrics.SLA_EVENTS, event="fulfilled_late" if late else "met", **labels)
+                histogram = {"first_response": metrics.FIRST_RESPONSE, "resolution": metrics.RESOLUTION}.get(e.metric)
+                if histogram is not None:
+                    wall = max(0.0, (entry.at - e.clock_started_at).total_seconds())
+                    tally.observe(histogram, e.elapsed_seconds, department=dept, priority=prio, time="business")
+                    tally.observe(histogram, wall, department=dept, priority=prio, time="calendar")
 
     @activity.defn(name=contract.RECORD_RATING)
     async def record_rating(self, rec: RatingRecord) -> None:
         r = rec.rating
-        async with self.pool.connection() as conn, conn.transaction():
-            inserted = await self._audit(
-                conn,
-                AuditEntry(
-                    ticket_id=rec.ticket_id,
-                    seq=rec.seq,
-                    event="rated",
-                    actor="customer",
-                    at=r.at,
-                    detail={"score": r.score, "raw": r.raw, "resolution": r.resolution, "comment": rec.comment},
-                ),
-            )
-            if not inserted:
-                return
-            await conn.execute(
-                """
-                INSERT INTO csat_ratings (ticket_id, resolution, score, raw, comment, agent, tier, department,
-                    rated_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (ticket_id, resolution) DO UPDATE SET score = EXCLUDED.score, raw = EXCLUDED.raw,
-                    comment = EXCLUDED.comment, rated_at = EXCLUDED.rated_at
-                """,
-                (rec.ticket_id, r.resolution, r.score, str(r.raw), rec.comment, r.agent, r.tier, r.department, r.at),
-            )
-            metrics.CSAT_RATINGS.labels(department=r.department, score=str(r.score)).inc()
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                inserted = await self._audit(
+                    conn,
+                    AuditEntry(
+                        ticket_id=rec.ticket_id,
+                        seq=rec.seq,
+                        event="rated",
+                        actor="customer",
+                        at=r.at,
+                        detail={"score": r.score, "raw": r.raw, "resolution": r.resolution, "comment": rec.comment},
+                    ),
+                )
+                if not inserted:
+                    return
+                first = await (
+                    await conn.execute(
+                        """
+                    INSERT INTO csat_ratings (ticket_id, resolution, score, raw, comment, agent, tier, department,
+                        rated_at)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    ON CONFLICT (ticket_id, resolution) DO UPDATE SET score = EXCLUDED.score, raw = EXCLUDED.raw,
+                        comment = EXCLUDED.comment, rated_at = EXCLUDED.rated_at
+                    RETURNING (xmax = 0) AS inserted
+                    """,
+                        (
+                            rec.ticket_id,
+                            r.resolution,
+                            r.score,
+                            str(r.raw),
+                            rec.comment,
+                            r.agent,
+                            r.tier,
+                            r.department,
+                            r.at,
+                        ),
+                    )
+                ).fetchone()
+            if first is not None and first["inserted"]:
+                metrics.CSAT_SCORE.labels(department=r.department, agent=r.agent or "", tier=str(r.tier)).observe(
+                    r.score
+                )
+            else:
+                metrics.CSAT_CHANGED.labels(department=r.department).inc()
 
     async def _audit(
         self, conn: AsyncConnection[dict[str, Any]], entry: AuditEntry, extra: dict[str, Any] | None = None
@@ -547,7 +611,7 @@ class TicketActivities:
                         await smtp.send_message(msg)
                     except Exception as err:
                         if not mail.is_permanent(err):
-                            metrics.NOTIFICATIONS.labels(template=note.template, outcome="retry").inc()
+                            metrics.NOTIFICATIONS.labels(template=note.template, outcome="transient").inc()
                             raise
                         await conn.execute(
                             "UPDATE outbox SET status = 'failed', attempt_open = false, last_error = %s WHERE key = %s",

@@ -215,7 +215,11 @@ async def test_sigkilled_worker_loses_nothing_and_redelivers_only_interrupted_se
     config["interceptors"] = [recorder]
     client = Client(**config)
     tickets = TicketClient(client, task_queue)
-    worker = WorkerProcess(worker_env, tmp_path / "worker.log")
+    # Counters in prometheus-client's multiprocess files outlive a SIGKILL, so what every worker
+    # process counted can be added up at the end and compared with the rows in PostgreSQL.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    worker = WorkerProcess({**worker_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, tmp_path / "worker.log")
     worker.start()
     try:
         payloads = [
@@ -242,7 +246,10 @@ async def test_sigkilled_worker_loses_nothing_and_redelivers_only_interrupted_se
             await tickets.wait_for(tid, Status.OPEN, within=90)
         worker.kill()  # again, with every ticket open and timers pending
         worker.start()
+        await asyncio.gather(*(tickets.escalate(t, "wei", "needs a specialist") for t in ids[:6]))
         await asyncio.gather(*(tickets.resolve(t, "wei") for t in ids))
+        scores: list[int | str] = [5, 4, 1, "good", "bad", 3] * 2
+        await asyncio.gather(*(tickets.rate(t, score) for t, score in zip(ids[:12], scores, strict=True)))
         finals = await asyncio.wait_for(asyncio.gather(*(tickets.final_state(t) for t in ids)), 120)
     finally:
         worker.stop()
@@ -273,14 +280,117 @@ async def test_sigkilled_worker_loses_nothing_and_redelivers_only_interrupted_se
         ).fetchall()
     interrupted = {o["message_id"] for o in outbox if o["interrupted"] > 0}
     assert {o["status"] for o in outbox} == {"sent"}
-    for tid in ids:
-        for mid in (f"<ack.{tid}@ticketflow>", f"<csat.{tid}.1@ticketflow>"):
-            assert per_key[mid] >= 1, f"{mid} was lost"
-            if per_key[mid] > 1:
-                assert mid in interrupted, f"{mid} delivered {per_key[mid]} times without an interrupted attempt"
-                assert per_key[mid] == 2
+    expected = {o["message_id"] for o in outbox} | {f"<ack.{t}@ticketflow>" for t in ids}
+    expected |= {f"<csat.{t}.1@ticketflow>" for t in ids[12:]}  # rated at once: no survey needed
+    for mid in sorted(expected):
+        assert per_key[mid] >= 1, f"{mid} was lost"
+        if per_key[mid] > 1:
+            assert mid in interrupted, f"{mid} delivered {per_key[mid]} times without an interrupted attempt"
+            assert per_key[mid] == 2
     duplicates = sum(per_key[m] - 1 for m in interrupted)
     print(
         f"\nSIGKILL x2 with {n} tickets: {killed_at} acks out at the first kill, "
         f"{len(interrupted)} sends interrupted mid-way, {duplicates} redelivered with the same Message-ID"
     )
+    assert_counters_match_rows(metrics_dir, pool_rows=await count_rows(pool, ids), kills=2)
+
+
+async def count_rows(pool: Pool, ids: list[str]) -> dict[str, Any]:
+    async with pool.connection() as conn:
+
+        async def scalar(sql: str) -> int:
+            row = await (await conn.execute(sql, (ids,))).fetchone()
+            assert row is not None
+            return int(next(iter(row.values())))
+
+        audit = {
+            r["event"]: r["n"]
+            for r in await (
+                await conn.execute(
+                    "SELECT event, count(*) AS n FROM audit_log WHERE ticket_id = ANY(%s) GROUP BY event", (ids,)
+                )
+            ).fetchall()
+        }
+        sla = {
+            (r["metric"], r["event"]): r["n"]
+            for r in await (
+                await conn.execute(
+                    "SELECT metric, event, count(*) AS n FROM sla_events WHERE ticket_id = ANY(%s) AND metric <> 'tier'"
+                    " GROUP BY metric, event",
+                    (ids,),
+                )
+            ).fetchall()
+        }
+        by_department = {
+            r["department"]: r["n"]
+            for r in await (
+                await conn.execute(
+                    "SELECT department, count(*) AS n FROM tickets WHERE id = ANY(%s) GROUP BY department", (ids,)
+                )
+            ).fetchall()
+        }
+        return {
+            "audit": audit,
+            "sla": sla,
+            "by_department": by_department,
+            "ratings": await scalar("SELECT count(*) FROM csat_ratings WHERE ticket_id = ANY(%s)"),
+            "sent": await scalar("SELECT count(*) FROM outbox WHERE ticket_id = ANY(%s) AND status = 'sent'"),
+        }
+
+
+def assert_counters_match_rows(metrics_dir: Path, pool_rows: dict[str, Any], kills: int) -> None:
+    """Counters never exceed the rows (no double counting on retries or replays after a kill).
+
+    They can fall short only by an increment a SIGKILL lands between a commit and the next line
+    (the counters are bumped right after the commit, with no await in between): at most one per kill."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    samples = [s for family in registry.collect() for s in family.samples]
+
+    def total(name: str, **labels: str) -> int:
+        return round(sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items()))
+
+    audit, sla = pool_rows["audit"], pool_rows["sla"]
+    created_by_department: Counter[str] = Counter()
+    for s in samples:
+        if s.name == "ticketflow_tickets_total" and s.labels["event"] == "created":
+            created_by_department[s.labels["department"]] += round(s.value)
+    pairs = {
+        "created": (total("ticketflow_tickets_total", event="created"), audit.get("categorised", 0)),
+        "resolved": (total("ticketflow_tickets_total", event="resolved"), audit.get("resolved", 0)),
+        "closed": (total("ticketflow_tickets_total", event="closed"), audit.get("closed", 0)),
+        "escalations": (total("ticketflow_escalations_total"), audit.get("escalated", 0) + audit.get("deescalated", 0)),
+        "surveys": (total("ticketflow_csat_surveys_sent_total"), audit.get("survey_sent", 0)),
+        "ratings": (total("ticketflow_csat_score_count"), pool_rows["ratings"]),
+        "emails sent": (total("ticketflow_notifications_total", outcome="sent"), pool_rows["sent"]),
+        "first responses": (
+            total("ticketflow_first_response_seconds_count", time="business"),
+            sla.get(("first_response", "fulfilled"), 0),
+        ),
+        "resolutions": (
+            total("ticketflow_resolution_seconds_count", time="business"),
+            sla.get(("resolution", "fulfilled"), 0),
+        ),
+        "sla reminders": (
+            total("ticketflow_sla_events_total", event="reminder"),
+            sum(n for (_, e), n in sla.items() if e == "reminder"),
+        ),
+        "sla fulfilled": (
+            total("ticketflow_sla_events_total", event="met")
+            + total("ticketflow_sla_events_total", event="fulfilled_late"),
+            sum(n for (_, e), n in sla.items() if e == "fulfilled"),
+        ),
+    }
+    print(f"\ncounter/rows after SIGKILL x{kills}:", {k: f"{c}/{r}" for k, (c, r) in pairs.items()})
+    assert pairs["created"][1] > 0 and pairs["resolved"][1] > 0 and pairs["ratings"][1] > 0
+    assert pairs["escalations"][1] > 0 and pairs["surveys"][1] > 0
+    shortfall = 0
+    for what, (counted, rows) in pairs.items():
+        assert counted <= rows, f"{what}: counted {counted} but only {rows} rows: double counting"
+        shortfall += rows - counted
+    assert shortfall <= kills, f"counters fell short of the rows by {shortfall}: {pairs}"
+    if shortfall == 0:
+        assert dict(created_by_department) == pool_rows["by_department"]

@@ -1,0 +1,200 @@
+"""Backlog gauges read from PostgreSQL at scrape time.
+
+Counters say what happened; the backlog is what is true now, so it is read, not counted: open
+tickets by department, status, tier and priority, the oldest open ticket, and tickets whose SLA
+falls due within the hour. One snapshot is cached for a few seconds, so several Prometheus servers
+(or a fast scrape interval) cost one set of queries. A database that cannot be read shows as
+`ticketflow_backlog_up 0` instead of failing the whole scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from psycopg.rows import dict_row
+
+from ticketflow.calendar import add_business_seconds
+from ticketflow.config import Config
+from ticketflow.models import Priority
+
+log = logging.getLogger(__name__)
+
+OPEN = ("new", "open", "pending")
+AT_RISK_WITHIN = timedelta(hours=1)
+
+_BY_STATUS = """
+SELECT coalesce(department, '') AS department, status, tier, coalesce(priority, '') AS priority, count(*) AS n
+FROM tickets WHERE status <> 'closed'
+GROUP BY 1, 2, 3, 4
+"""
+_OLDEST = """
+SELECT coalesce(department, '') AS department, min(created_at) AS oldest
+FROM tickets WHERE status IN ('new', 'open', 'pending')
+GROUP BY 1
+"""
+_BREACHED = """
+SELECT coalesce(department, '') AS department, coalesce(priority, '') AS priority, count(*) AS n
+FROM tickets WHERE status IN ('new', 'open', 'pending') AND sla_breached
+GROUP BY 1, 2
+"""
+# Every SLA event of the clocks of open tickets, oldest first, to find which clocks run right now.
+_CLOCKS = """
+SELECT e.ticket_id, e.metric, e.clock_started_at, e.event, e.elapsed_seconds, e.target_seconds, e.business, e.at,
+       coalesce(t.department, '') AS department, coalesce(t.priority, '') AS priority
+FROM tickets t JOIN sla_events e ON e.ticket_id = t.id
+WHERE t.status IN ('new', 'open', 'pending') AND e.metric <> 'tier'
+ORDER BY e.ticket_id, e.metric, e.clock_started_at, e.seq
+"""
+
+
+@dataclass
+class _Clock:
+    department: str
+    priority: str
+    running: bool = False
+    done: bool = False  # met or breached: no longer at risk
+    elapsed: float = 0.0
+    target: float = 0.0
+    business: bool = False
+    since: datetime | None = None
+
+
+@dataclass
+class Snapshot:
+    by_status: list[dict[str, Any]] = field(default_factory=list)
+    oldest: dict[str, datetime] = field(default_factory=dict)
+    at_risk: dict[tuple[str, str], int] = field(default_factory=dict)
+    breached_open: dict[tuple[str, str], int] = field(default_factory=dict)
+    taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ok: bool = True
+
+
+def running_clocks(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], _Clock]:
+    """Replay each (ticket, metric) clock's events; a later run of a clock (next reply) replaces the earlier."""
+    clocks: dict[tuple[str, str], _Clock] = {}
+    started: dict[tuple[str, str], datetime] = {}
+    for r in rows:
+        key = (r["ticket_id"], r["metric"])
+        if started.get(key) != r["clock_started_at"]:
+            started[key] = r["clock_started_at"]
+            clocks[key] = _Clock(r["department"], r["priority"])
+        c = clocks[key]
+        c.elapsed, c.target, c.business = r["elapsed_seconds"], r["target_seconds"], r["business"]
+        event = r["event"]
+        if event in ("started", "resumed"):
+            c.running, c.since = True, r["at"]
+        elif event == "paused":
+            c.running = False
+        elif event in ("fulfilled", "breached"):
+            c.done = True
+        elif event == "retargeted" and c.running:
+            c.since = r["at"]
+        elif event == "reminder" and c.running:
+            c.since = r["at"]
+    return clocks
+
+
+class BacklogCollector(Collector):
+    """A prometheus-client collector; register it on the registry the worker serves."""
+
+    def __init__(self, database_url: str, config: Config, ttl_seconds: float = 10.0) -> None:
+        self.database_url = database_url
+        self.config = config
+        self.ttl = ttl_seconds
+        self._lock = threading.Lock()
+        self._cached: Snapshot | None = None
+        self._cached_at = 0.0
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:  # the metrics server scrapes from several threads
+            if self._cached is None or time.monotonic() - self._cached_at > self.ttl:
+                self._cached = self._read()
+                self._cached_at = time.monotonic()
+            return self._cached
+
+    def _read(self) -> Snapshot:
+        snap = Snapshot()
+        try:
+            with psycopg.connect(self.database_url, connect_timeout=3, row_factory=dict_row) as conn:
+                conn.execute("SET statement_timeout = '5s'")
+                conn.execute("SET default_transaction_read_only = on")
+                snap.by_status = conn.execute(_BY_STATUS).fetchall()
+                snap.oldest = {r["department"]: r["oldest"] for r in conn.execute(_OLDEST).fetchall()}
+                now = datetime.now(UTC)
+                snap.taken_at = now
+                self._risk(snap, running_clocks(conn.execute(_CLOCKS)), now)
+                snap.breached_open = {
+                    (r["department"], r["priority"]): r["n"] for r in conn.execute(_BREACHED).fetchall()
+                }
+        except psycopg.Error as err:
+            log.warning("backlog gauges unavailable: %s", err)
+            snap.ok = False
+        return snap
+
+    def _risk(self, snap: Snapshot, clocks: dict[tuple[str, str], _Clock], now: datetime) -> None:
+        at_risk: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for (ticket_id, _), c in clocks.items():
+            if c.running and not c.done and c.since is not None and self._due(c) <= now + AT_RISK_WITHIN:
+                at_risk[(c.department, c.priority)].add(ticket_id)  # a ticket counts once, however many clocks
+        snap.at_risk = {k: len(v) for k, v in at_risk.items()}
+
+    def _due(self, c: _Clock) -> datetime:
+        assert c.since is not None
+        left = max(0.0, c.target - c.elapsed)
+        cal = self.config.calendar_of(c.department) if c.department in self.config.departments else None
+        if c.business and cal is not None:
+            return add_business_seconds(cal, c.since, left)
+        return c.since + timedelta(seconds=left)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        snap = self.snapshot()
+        up = GaugeMetricFamily("ticketflow_backlog_up", "1 when the backlog gauges could be read from PostgreSQL")
+        up.add_metric([], 1.0 if snap.ok else 0.0)
+        yield up
+        if not snap.ok:
+            return
+        tickets = GaugeMetricFamily(
+            "ticketflow_backlog_tickets",
+            "Tickets not yet closed, by department, status, tier and priority",
+            labels=["department", "status", "tier", "priority"],
+        )
+        for r in snap.by_status:
+            tickets.add_metric([r["department"], r["status"], str(r["tier"]), r["priority"]], r["n"])
+        yield tickets
+        oldest = GaugeMetricFamily(
+            "ticketflow_backlog_oldest_open_seconds",
+            "Age of the oldest new, open or pending ticket (0 when there is none)",
+            labels=["department"],
+        )
+        for dept in sorted(set(self.config.departments) | set(snap.oldest)):
+            created = snap.oldest.get(dept)
+            oldest.add_metric([dept], (snap.taken_at - created).total_seconds() if created else 0.0)
+        yield oldest
+        # Every department and priority appears, at zero when nothing is at risk, so a dashboard
+        # shows a reassuring 0 rather than "no data".
+        grid = [(d, str(p)) for d in sorted(self.config.departments) for p in Priority]
+        at_risk = GaugeMetricFamily(
+            "ticketflow_backlog_at_risk_tickets",
+            f"Open tickets with an SLA clock due within {int(AT_RISK_WITHIN.total_seconds() // 60)} minutes",
+            labels=["department", "priority"],
+        )
+        breached = GaugeMetricFamily(
+            "ticketflow_backlog_breached_tickets",
+            "Open tickets with at least one breached SLA clock",
+            labels=["department", "priority"],
+        )
+        for key in sorted(set(grid) | set(snap.at_risk) | set(snap.breached_open)):
+            at_risk.add_metric(list(key), snap.at_risk.get(key, 0))
+            breached.add_metric(list(key), snap.breached_open.get(key, 0))
+        yield at_risk
+        yield breached
