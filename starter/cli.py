@@ -192,6 +192,11 @@ def mail_intake() -> None:
     """Run the inbound SMTP server that turns mail into tickets and replies (TICKETFLOW_INTAKE_SMTP_*)."""
     from starter.mail_intake import MailIntakeServer
 
+    settings = Settings()
+    if settings.intake_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.intake_metrics_port, addr=settings.metrics_host)
     _serve(
         "mail intake",
         lambda tickets, s: MailIntakeServer(tickets, s.intake_smtp_host, s.intake_smtp_port).start(),

@@ -16,12 +16,14 @@ from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.service import RPCError
 
+from activities.metrics import INTAKE_REQUESTS
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
 from ticketflow.models import MAX_BODY, Channel
 
@@ -33,6 +35,14 @@ class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+# Outcome label of a refused request, by status (ticketflow_intake_requests_total{entry="http"}).
+REFUSED = {400: "bad_json", 404: "not_found", 409: "conflict", 413: "too_large", 415: "wrong_type", 422: "invalid"}
+
+
+def _count(outcome: str) -> None:
+    INTAKE_REQUESTS.labels(entry="http", outcome=outcome).inc()
 
 
 def _error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -67,6 +77,7 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
         data = await _json(request)
         data.setdefault("channel", default_channel.value)
         opened = await tickets.open(data)
+        _count("duplicate" if opened.duplicate else "opened")
         return JSONResponse(opened.model_dump(), status_code=200 if opened.duplicate else 201)
 
     async def customer_reply(request: Request) -> JSONResponse:
@@ -75,6 +86,7 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
         if not isinstance(body, str) or (message_id is not None and not isinstance(message_id, str)):
             raise TicketValidationError("invalid reply", [{"loc": ("body",), "msg": "a text body is required"}])
         state = await tickets.customer_reply(request.path_params["ticket_id"], body, message_id)
+        _count("reply")
         return JSONResponse({"ticket_id": state.ticket_id, "status": state.status})
 
     async def status(request: Request) -> JSONResponse:
@@ -93,16 +105,24 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    def refuse(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+        _count(REFUSED[status])
+        return _error(status, message, errors)
+
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, BadRequest):
-            return _error(exc.status, str(exc))
+            return refuse(exc.status, str(exc))
         if isinstance(exc, TicketValidationError):
-            return _error(422, str(exc), exc.errors)
+            return refuse(422, str(exc), exc.errors)
         if isinstance(exc, TicketNotFound):
-            return _error(404, str(exc))
+            return refuse(404, str(exc))
         if isinstance(exc, InvalidTransition | DuplicateMessage):
-            return _error(409, str(exc))
+            return refuse(409, str(exc))
         log.warning("intake failed: %s", exc)
+        _count("unavailable")
         response = _error(503, "temporarily unable to accept the request, try again")
         response.headers["Retry-After"] = "5"
         return response
@@ -112,6 +132,7 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
         Route("/tickets/{ticket_id}", status, methods=["GET"]),
         Route("/tickets/{ticket_id}/replies", customer_reply, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     handled = (
         BadRequest,

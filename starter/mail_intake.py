@@ -22,10 +22,15 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from activities.metrics import INTAKE_REQUESTS
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketValidationError
 from ticketflow.ids import parse_ticket_id
 
 log = logging.getLogger("ticketflow.mail_intake")
+
+
+def _count(outcome: str) -> None:
+    INTAKE_REQUESTS.labels(entry="mail", outcome=outcome).inc()
 
 # Our Message-IDs: <ack.TICKET@ticketflow>, <agent_reply.TICKET.7.customer@ticketflow>, ...
 _OUR_ID = re.compile(r"<[a-z_]+\.([a-z2-7]{12})(?:\.[^>@]*)?@ticketflow>")
@@ -131,13 +136,17 @@ class MailIntake:
             msg = email.message_from_bytes(data, policy=email.policy.default)
             assert isinstance(msg, EmailMessage)
             if not getaddresses([str(msg.get("From", ""))])[0][1]:
+                _count("no_sender")
                 return "550 5.1.7 the message has no sender address to answer"
             result = await self.ingest(msg)
         except TicketValidationError as err:
+            _count("invalid")
             return f"550 5.6.0 cannot become a ticket: {str(err)[:400]}"
         except Exception:  # Temporal unreachable and the like: the sending server will retry
             log.exception("mail intake failed; answered 451 so the sender retries")
+            _count("unavailable")
             return "451 4.3.0 temporarily unable to accept the message, try again later"
+        _count(result.kind)
         log.info("mail %s: %s %s", result.kind, result.ticket_id, envelope.mail_from)
         return f"250 2.0.0 {result.kind} ticket {result.ticket_id}"
 

@@ -351,6 +351,7 @@ class Settings(BaseSettings):
     intake_smtp_port: int = 2525  # inbound mail that becomes tickets; 0 disables it in `ticketflow dev`
     intake_http_host: str = "127.0.0.1"
     intake_http_port: int = 8088  # web form / chat / API intake; 0 disables it in `ticketflow dev`
+    intake_metrics_port: int = 0  # /metrics of `ticketflow mail-intake` on its own (http-intake serves /metrics)
     db_pool_max: int = 10
     model_dir: Path | None = None  # a model from `ticketflow train`; categorisation uses it after the rules
 
