@@ -24,6 +24,7 @@ from starter.client import (
     TicketNotFound,
     TicketValidationError,
 )
+from starter.reports import report
 from starter.serving import Stoppable
 from ticketflow.config import Settings
 from ticketflow.models import Priority, Status, TicketState
@@ -487,6 +488,9 @@ def rate(ticket: str, rating: str, comment: Annotated[str, typer.Option()] = "")
     """Record a CSAT rating: 1-5, good or bad."""
     value: int | str = int(rating) if rating.isdigit() else rating
     _print_state(_run(lambda c: c.rate(ticket, value, comment)))
+
+
+app.command("report", help="The department report from PostgreSQL (LiveAgent columns + SLA compliance).")(report)
 
 
 @app.command("list")
