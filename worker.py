@@ -20,7 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities import TicketActivities
+from activities import TicketActivities, metrics
 from activities.backlog import BacklogCollector
 from activities.db import migrate, open_pool
 from activities.mail import SmtpSettings
@@ -68,6 +68,7 @@ def build_worker(
         classifier = TicketClassifier.load(model_dir)
         log.info("categorisation uses the model in %s after the rules", model_dir)
     acts = activities or TicketActivities(pool, config, smtp, classifier=classifier)
+    metrics.initialise(config, acts.templates.names())
     return Worker(
         client,
         task_queue=task_queue,

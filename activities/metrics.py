@@ -8,9 +8,13 @@ Labels carry department keys, priorities, tiers and agent ids, never customer da
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import product
 from typing import Self
 
 from prometheus_client import Counter, Histogram
+
+from ticketflow.config import Config
+from ticketflow.models import Priority
 
 # Minutes to weeks: first responses land in the low buckets, resolutions in the high ones.
 DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 345600, 604800, 1209600)
@@ -42,6 +46,7 @@ RESOLUTION = Histogram(
     ["department", "priority", "time"],
     buckets=DURATION_BUCKETS,
 )
+SLA_OUTCOMES = ("reminder", "breached", "met", "fulfilled_late")
 SLA_EVENTS = Counter(
     "ticketflow_sla_events",
     "SLA clock outcomes: reminder, breached, met (in time), fulfilled_late (met after a breach)",
@@ -87,3 +92,32 @@ class Tally:
         pending, self._pending = self._pending, []
         for update in pending:
             update()
+
+
+def initialise(config: Config, templates: list[str]) -> None:
+    """Create every bounded label combination at zero when a worker starts.
+
+    Prometheus's increase() takes a series' first sample as its baseline, so a series born with its
+    first event already counted would hide that event from every dashboard. Ticket counters keep
+    their channel and category labels unset until used (too many combinations to create up front)."""
+    tiers = [t.level for t in config.tiers]
+    moves = [(a, b) for a in tiers for b in tiers if abs(a - b) == 1]
+    for dept_key, dept in config.departments.items():
+        CSAT_SURVEYS.labels(department=dept_key)
+        CSAT_CHANGED.labels(department=dept_key)
+        for tier in tiers:
+            CSAT_SCORE.labels(department=dept_key, agent="", tier=str(tier))
+        for agent in dept.agents:
+            for tier in agent.tiers:
+                CSAT_SCORE.labels(department=dept_key, agent=agent.id, tier=str(tier))
+        for (a, b), cause in product(moves, ("timer", "breach", "manual")):
+            ESCALATIONS.labels(department=dept_key, from_tier=str(a), to_tier=str(b), cause=cause)
+        for priority in Priority:
+            p = str(priority)
+            for time in ("business", "calendar"):
+                FIRST_RESPONSE.labels(department=dept_key, priority=p, time=time)
+                RESOLUTION.labels(department=dept_key, priority=p, time=time)
+            for metric, event in product(("first_response", "next_reply", "resolution"), SLA_OUTCOMES):
+                SLA_EVENTS.labels(metric=metric, event=event, department=dept_key, priority=p)
+    for template, outcome in product(templates, ("sent", "refused", "transient")):
+        NOTIFICATIONS.labels(template=template, outcome=outcome)
