@@ -24,6 +24,7 @@ from activities import TicketActivities, metrics
 from activities.backlog import BacklogCollector
 from activities.db import migrate, open_pool
 from activities.mail import SmtpSettings
+from activities.tickets import SurveyLinks
 from ticketflow.config import Config, Settings
 from ticketflow.temporal import connect
 from workflows import TicketWorkflow
@@ -59,6 +60,7 @@ def build_worker(
     smtp: SmtpSettings,
     activities: TicketActivities | None = None,
     model_dir: Path | None = None,
+    survey_links: SurveyLinks | None = None,
     **worker_options: Any,
 ) -> Worker:
     classifier = None
@@ -67,7 +69,7 @@ def build_worker(
 
         classifier = TicketClassifier.load(model_dir)
         log.info("categorisation uses the model in %s after the rules", model_dir)
-    acts = activities or TicketActivities(pool, config, smtp, classifier=classifier)
+    acts = activities or TicketActivities(pool, config, smtp, classifier=classifier, survey_links=survey_links)
     metrics.initialise(config, acts.templates.names())
     return Worker(
         client,
@@ -93,6 +95,15 @@ def metrics_registry(backlog: BacklogCollector) -> CollectorRegistry:
     return registry
 
 
+def survey_links(settings: Settings) -> SurveyLinks:
+    if settings.survey_secret is None or not settings.survey_secret.get_secret_value():
+        raise SystemExit(
+            "TICKETFLOW_SURVEY_SECRET is not set: survey links are signed with it (use a long random value, "
+            "the same for every worker and the survey pages; `ticketflow dev` makes one for you)"
+        )
+    return SurveyLinks(settings.survey_url, settings.survey_secret.get_secret_value().encode("utf-8"))
+
+
 def smtp_settings(settings: Settings) -> SmtpSettings:
     return SmtpSettings(
         host=settings.smtp_host,
@@ -108,6 +119,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if not settings.database_url:
         raise SystemExit("DATABASE_URL is not set: point it at PostgreSQL (or use `ticketflow dev`)")
     config = settings.policy()
+    links = survey_links(settings)
     sdk_bind = f"{settings.metrics_host}:{settings.sdk_metrics_port}" if settings.sdk_metrics_port else None
     client = await connect(settings.temporal_address, settings.temporal_namespace, sdk_bind)
     try:
@@ -130,7 +142,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             pass
     try:
         worker = build_worker(
-            client, settings.task_queue, pool, config, smtp_settings(settings), model_dir=settings.model_dir
+            client,
+            settings.task_queue,
+            pool,
+            config,
+            smtp_settings(settings),
+            model_dir=settings.model_dir,
+            survey_links=links,
         )
         async with worker:
             log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import email.policy
+import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import (
+    BaseLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    select_autoescape,
+)
+
+log = logging.getLogger(__name__)
 
 
 def _duration(seconds: float) -> str:
@@ -27,30 +39,75 @@ class RenderedMail:
     html: str
 
 
-class Templates:
-    """Customer text is only ever passed as data, never compiled, so it cannot run as a template."""
+# Customers get mail in their language; staff notices are in English (the working language of the desk).
+CUSTOMER_TEMPLATES = (
+    "acknowledgement",
+    "out_of_hours",
+    "agent_reply",
+    "pending_reminder",
+    "resolved",
+    "survey",
+    "survey_reminder",
+    "reopened",
+)
+STAFF_TEMPLATES = ("escalation", "sla_reminder", "sla_breach", "page")
+LANGUAGES = ("en", "de", "es", "fr", "pt", "el", "ru", "ro")
+FALLBACK = "en"
 
-    def __init__(self) -> None:
+
+class Templates:
+    """Templates per language under `<lang>/<event>.{subject,txt,html}`, English as the fallback.
+
+    Customer text is only ever passed as data, never compiled, so it cannot run as a template; HTML is
+    autoescaped; a subject is collapsed to one line so nothing can inject a header."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        loader: BaseLoader = FileSystemLoader(root) if root else PackageLoader("activities", "templates")
         self.env = Environment(
-            loader=PackageLoader("activities", "templates"),
+            loader=loader,
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
             undefined=StrictUndefined,
             keep_trailing_newline=False,
         )
         self.env.filters["duration"] = _duration
         self.text_env = self.env.overlay(autoescape=False)
+        self._available = set(self.env.list_templates())
 
     def names(self) -> list[str]:
-        return sorted({n.rsplit(".", 1)[0] for n in self.env.list_templates() if n.endswith(".subject")})
+        return sorted(
+            {
+                n.split("/", 1)[1].rsplit(".", 1)[0]
+                for n in self._available
+                if n.startswith(f"{FALLBACK}/") and n.endswith(".subject")
+            }
+        )
 
-    def render(self, name: str, context: dict[str, Any]) -> RenderedMail:
-        subject = self.text_env.get_template(f"{name}.subject").render(context)
+    def languages(self) -> list[str]:
+        return sorted({n.split("/", 1)[0] for n in self._available if "/" in n and n.endswith(".subject")})
+
+    def has(self, name: str, lang: str) -> bool:
+        return f"{lang}/{name}.subject" in self._available
+
+    def language_for(self, name: str, lang: str | None) -> str:
+        """The language a mail goes out in: the customer's when we have it, else English (logged)."""
+        if name in STAFF_TEMPLATES or not lang or lang == FALLBACK:
+            return FALLBACK
+        if self.has(name, lang):
+            return lang
+        log.warning("no %r template in language %r: sending it in English", name, lang)
+        return FALLBACK
+
+    def render(self, name: str, context: dict[str, Any], lang: str = FALLBACK) -> RenderedMail:
+        if not self.has(name, lang):
+            raise TemplateNotFound(f"{lang}/{name}.subject")
+        ctx = {**context, "lang": lang, "lang_dir": lang}
+        subject = self.text_env.get_template(f"{lang}/{name}.subject").render(ctx)
         subject = " ".join(subject.split())  # one line: no header injection through customer text
-        ctx = {**context, "subject": subject}
+        ctx["subject"] = subject
         return RenderedMail(
             subject=subject,
-            text=self.text_env.get_template(f"{name}.txt").render(ctx).strip() + "\n",
-            html=self.env.get_template(f"{name}.html").render(ctx),
+            text=self.text_env.get_template(f"{lang}/{name}.txt").render(ctx).strip() + "\n",
+            html=self.env.get_template(f"{lang}/{name}.html").render(ctx),
         )
 
 
@@ -110,3 +167,12 @@ def is_permanent(err: Exception) -> bool:
     if isinstance(err, aiosmtplib.SMTPResponseException):
         return 500 <= err.code < 600
     return False
+
+
+def smtp_code(err: Exception) -> int | None:
+    """The relay's reply code for a refused message (the first refused recipient's)."""
+    if isinstance(err, aiosmtplib.SMTPRecipientsRefused) and err.recipients:
+        return err.recipients[0].code
+    if isinstance(err, aiosmtplib.SMTPResponseException):
+        return err.code
+    return None

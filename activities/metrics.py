@@ -34,6 +34,11 @@ INTAKE_REQUESTS = Counter(
     "Requests at the HTTP and mail intake by outcome (opened, duplicate, reply, or why it was refused)",
     ["entry", "outcome"],
 )
+SURVEY_REQUESTS = Counter(
+    "ticketflow_survey_requests",
+    "Survey page requests by outcome: form_shown, recorded, duplicate, closed, expired, invalid_link, ...",
+    ["outcome"],
+)
 FIRST_RESPONSE = Histogram(
     "ticketflow_first_response_seconds",
     "Time to first agent response: business (the SLA clock's time, pauses excluded) and calendar seconds",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -25,7 +26,7 @@ from activities.mail import SmtpSettings, Templates
 
 if TYPE_CHECKING:
     from activities.classifier import TicketClassifier
-from ticketflow import contract
+from ticketflow import contract, survey
 from ticketflow.assignment import Candidate, choose, on_shift
 from ticketflow.calendar import add_business_seconds, is_open, next_opening
 from ticketflow.config import Config, Department
@@ -68,6 +69,28 @@ _UPDATABLE = {
 }
 
 
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _seconds(minutes: float | None) -> int | None:
+    return None if minutes is None else round(minutes * 60)
+
+
+@dataclass(frozen=True)
+class SurveyLinks:
+    """Where the survey pages live and the key that signs their links (TICKETFLOW_SURVEY_*)."""
+
+    base_url: str
+    secret: bytes
+
+    def choices(self, ticket_id: str, resolution: int, closes_at: datetime, scale: str) -> dict[str, Any]:
+        token = survey.sign(survey.SurveyClaim(ticket_id, resolution, closes_at), self.secret)
+        scores = [5, 1] if scale == "good_bad" else [1, 2, 3, 4, 5]
+        url = f"{self.base_url.rstrip('/')}/survey/{token}"
+        return {"scale": scale, "url": url, "choices": [{"score": n, "url": f"{url}?score={n}"} for n in scores]}
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line per field: `customer.email: value is not a valid email address`."""
     parts = []
@@ -87,12 +110,14 @@ class TicketActivities:
         smtp: SmtpSettings,
         templates: Templates | None = None,
         classifier: TicketClassifier | None = None,
+        survey_links: SurveyLinks | None = None,
     ) -> None:
         self.pool = pool
         self.config = config
         self.smtp = smtp
         self.templates = templates or Templates()
         self.classifier = classifier
+        self.survey_links = survey_links
 
     # --- intake ---------------------------------------------------------------------------------
 
@@ -247,7 +272,9 @@ class TicketActivities:
             resolution_seconds=resolution,
             reminder_fractions=list(cfg.sla.reminder_fractions),
             tier_budget_seconds={t.level: t.budget_minutes * 60 for t in cfg.tiers},
-            csat_delay_seconds=round(cfg.csat.delay_minutes * 60),
+            csat_delay_seconds=round(
+                _or(cfg.departments[req.department].csat_delay_minutes, cfg.csat.delay_minutes) * 60
+            ),
             csat_window_seconds=round(cfg.csat.window_minutes * 60),
             business={metric: hours == "business" for metric, hours in sla.hours.items()},
             calendar=cfg.calendar_of(req.department),
@@ -256,6 +283,8 @@ class TicketActivities:
             escalate_on_breach=list(cfg.sla.escalate_on_breach),
             departments=sorted(cfg.departments),
             agents=[a.id for a in cfg.departments[req.department].agents],
+            csat_reminder_seconds=_seconds(cfg.csat.reminder_minutes),
+            pending_reminder_seconds=_seconds(cfg.pending.reminder_minutes),
         )
 
     @activity.defn(name=contract.ROUTE)
@@ -494,7 +523,14 @@ class TicketActivities:
                         event="rated",
                         actor="customer",
                         at=r.at,
-                        detail={"score": r.score, "raw": r.raw, "resolution": r.resolution, "comment": rec.comment},
+                        detail={
+                            "score": r.score,
+                            "raw": r.raw,
+                            "resolution": r.resolution,
+                            "comment": rec.comment,
+                            "reason": r.reason,
+                            "via": r.via,
+                        },
                     ),
                 )
                 if not inserted:
@@ -503,10 +539,11 @@ class TicketActivities:
                     await conn.execute(
                         """
                     INSERT INTO csat_ratings (ticket_id, resolution, score, raw, comment, agent, tier, department,
-                        rated_at)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                        rated_at, reason, via)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                     ON CONFLICT (ticket_id, resolution) DO UPDATE SET score = EXCLUDED.score, raw = EXCLUDED.raw,
-                        comment = EXCLUDED.comment, rated_at = EXCLUDED.rated_at
+                        comment = EXCLUDED.comment, rated_at = EXCLUDED.rated_at, reason = EXCLUDED.reason,
+                        via = EXCLUDED.via
                     RETURNING (xmax = 0) AS inserted
                     """,
                         (
@@ -519,6 +556,8 @@ class TicketActivities:
                             r.tier,
                             r.department,
                             r.at,
+                            r.reason,
+                            r.via,
                         ),
                     )
                 ).fetchone()
@@ -608,14 +647,17 @@ class TicketActivities:
                     if locked["status"] != "pending":
                         return self._result(note.key, locked)
                     try:
-                        await smtp.send_message(msg)
+                        # our own bytes: aiosmtplib's re-serialisation folds long subjects at 78 columns
+                        # and leaves doubled spaces in non-ASCII ones
+                        await smtp.sendmail(row["sender"], [row["recipient"]], msg.as_bytes())
                     except Exception as err:
                         if not mail.is_permanent(err):
                             metrics.NOTIFICATIONS.labels(template=note.template, outcome="transient").inc()
                             raise
                         await conn.execute(
-                            "UPDATE outbox SET status = 'failed', attempt_open = false, last_error = %s WHERE key = %s",
-                            (str(err), note.key),
+                            "UPDATE outbox SET status = 'failed', attempt_open = false, last_error = %s,"
+                            " smtp_code = %s, failed_at = now() WHERE key = %s",
+                            (str(err), mail.smtp_code(err), note.key),
                         )
                         metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
                         return NotificationResult(key=note.key, status="failed", recipient=row["recipient"])
@@ -675,7 +717,12 @@ class TicketActivities:
             return None
         context = await self._context(conn, ticket, dept_key, note)
         context["recipient_name"] = recipient_name
-        rendered = self.templates.render(note.template, context)
+        template = note.template
+        if template == "acknowledgement" and context["opens_at"]:
+            template = "out_of_hours"  # the auto-reply that says when the team is back
+        lang = self.templates.language_for(template, ticket["language"] if note.to == "customer" else None)
+        context["signature"] = dept.signature_for(lang)
+        rendered = self.templates.render(template, context, lang)
         message_id = f"<{note.key.replace(':', '.')}@ticketflow>"
         if note.template == "acknowledgement":
             message_id = self._thread_id(note.ticket_id)
@@ -690,7 +737,7 @@ class TicketActivities:
                 (
                     note.key,
                     note.ticket_id,
-                    note.template,
+                    template,
                     recipient,
                     dept.email,
                     rendered.subject,
@@ -720,10 +767,10 @@ class TicketActivities:
             "due_at": None,
         }
         cal = cfg.calendar_of(dept_key)
-        now = datetime.now(UTC)
+        received = ticket["created_at"]  # out of hours is about when the ticket came in, whenever the mail renders
         ctx["opens_at"] = (
-            next_opening(cal, now).astimezone(tz).strftime("%A %Y-%m-%d %H:%M %Z")
-            if cal is not None and not is_open(cal, now)
+            next_opening(cal, received).astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+            if cal is not None and not is_open(cal, received)
             else None
         )
         if ticket["priority"]:
@@ -757,6 +804,15 @@ class TicketActivities:
             agent = agents.get(msg["author"])
             ctx["agent_name"] = agent.name if agent else msg["author"]
         ctx["reopen_days"] = max(1, round(cfg.csat.window_minutes / 1440))
-        closes = datetime.now(tz) + timedelta(minutes=cfg.csat.window_minutes)
-        ctx["survey_closes"] = closes.strftime("%Y-%m-%d %H:%M %Z")
+        closes = (
+            datetime.fromisoformat(note.context["closes_at"])
+            if note.context.get("closes_at")  # the workflow's own close time (tickets since "customer-notices")
+            else datetime.now(UTC) + timedelta(minutes=cfg.csat.window_minutes)
+        )
+        ctx["survey_closes"] = closes.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+        if note.template in ("survey", "survey_reminder"):
+            if self.survey_links is None:  # retried until the worker is configured: the survey is not lost
+                raise ApplicationError("survey links need TICKETFLOW_SURVEY_SECRET and TICKETFLOW_SURVEY_URL")
+            resolution = int(note.context.get("resolution") or note.key.rsplit(":", 1)[-1])
+            ctx["survey"] = self.survey_links.choices(ticket["id"], resolution, closes, cfg.csat.scale)
         return ctx

@@ -24,6 +24,7 @@ from starter.client import (
     TicketNotFound,
     TicketValidationError,
 )
+from starter.dashboards_cli import dashboards_app
 from starter.reports import report
 from starter.serving import Stoppable
 from ticketflow.config import Settings
@@ -202,6 +203,25 @@ def mail_intake() -> None:
         "mail intake",
         lambda tickets, s: MailIntakeServer(tickets, s.intake_smtp_host, s.intake_smtp_port).start(),
         "smtp://{s.intake_smtp_host}:{s.intake_smtp_port}",
+    )
+
+
+@app.command("survey-pages")
+def survey_pages() -> None:
+    """Serve the CSAT survey pages behind the signed links (TICKETFLOW_SURVEY_*)."""
+    from starter.survey_pages import SurveyServer
+
+    settings = Settings()
+    if settings.survey_secret is None:
+        err_console.print("TICKETFLOW_SURVEY_SECRET is not set: it must be the workers' survey key", markup=False)
+        raise typer.Exit(2)
+    secret = settings.survey_secret.get_secret_value().encode("utf-8")
+    _serve(
+        "survey pages",
+        lambda tickets, s: SurveyServer(
+            tickets, secret, s.policy().csat, s.survey_http_host, s.survey_http_port
+        ).start(),
+        "http://{s.survey_http_host}:{s.survey_http_port}/survey/...",
     )
 
 
@@ -488,6 +508,31 @@ def rate(ticket: str, rating: str, comment: Annotated[str, typer.Option()] = "")
     """Record a CSAT rating: 1-5, good or bad."""
     value: int | str = int(rating) if rating.isdigit() else rating
     _print_state(_run(lambda c: c.rate(ticket, value, comment)))
+
+
+app.add_typer(dashboards_app, name="dashboards")
+templates_app = typer.Typer(help="Email templates: check that every one renders in every language.")
+app.add_typer(templates_app, name="templates")
+
+
+@templates_app.command("check")
+def templates_check(
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="A templates folder to check instead of the installed one")
+    ] = None,
+) -> None:
+    """Render every template in every language with sample data (both survey scales); exit 1 on any problem."""
+    from activities.mail import Templates
+    from activities.template_check import check
+
+    templates = Templates(directory)
+    problems = check(templates, Settings().policy())
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    languages = templates.languages()
+    typer.echo(f"{len(templates.names())} templates render in {len(languages)} languages: {', '.join(languages)}")
 
 
 app.command("report", help="The department report from PostgreSQL (LiveAgent columns + SLA compliance).")(report)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -64,6 +64,14 @@ class InvalidTransition(TicketError):
 
 class DuplicateMessage(TicketError):
     """The same external message was already added to the ticket: nothing was done again."""
+
+
+class SurveyClosed(TicketError):
+    """The survey answer came after its survey closed, or for an earlier resolution."""
+
+
+class DuplicateAnswer(TicketError):
+    """This survey form was already submitted: nothing was recorded again."""
 
 
 class TicketValidationError(TicketError, ValueError):
@@ -284,8 +292,28 @@ class TicketClient:
         """Apply the current policy file's targets and business hours to a live ticket."""
         return await self._update(ticket_id, contract.REFRESH_POLICY, RefreshPolicy, actor=actor, reason=reason)
 
-    async def rate(self, ticket_id: str, rating: int | str, comment: str = "") -> TicketState:
-        return await self._update(ticket_id, contract.RATE, RateRequest, rating=rating, comment=comment)
+    async def rate(
+        self,
+        ticket_id: str,
+        rating: int | str,
+        comment: str = "",
+        *,
+        reason: str | None = None,
+        resolution: int | None = None,
+        nonce: str | None = None,
+    ) -> TicketState:
+        """Record a CSAT answer (the latest answer per resolution counts). The survey pages pass the
+        resolution their link was signed for and the form's one-time nonce."""
+        return await self._update(
+            ticket_id,
+            contract.RATE,
+            RateRequest,
+            rating=rating,
+            comment=comment,
+            reason=reason,
+            resolution=resolution,
+            nonce=nonce,
+        )
 
     async def _update(self, ticket_id: str, name: str, model: type[BaseModel], **fields: Any) -> TicketState:
         try:
@@ -297,6 +325,14 @@ class TicketClient:
             ) from None
         return await self._call(ticket_id, lambda h: h.execute_update(name, arg, result_type=TicketState))
 
+    @staticmethod
+    async def _closed(handle: WorkflowHandle[Any, Any]) -> bool:
+        try:
+            description = await handle.describe()
+        except Exception:  # only a better error message is at stake here
+            return False
+        return description.status is not None and description.status != WorkflowExecutionStatus.RUNNING
+
     async def _call(self, ticket_id: str, fn: Callable[[WorkflowHandle[Any, Any]], Awaitable[T]]) -> T:
         handle = self.handle(ticket_id)
         try:
@@ -307,9 +343,15 @@ class TicketClient:
                 raise InvalidTransition(cause.message) from None
             if isinstance(cause, ApplicationError) and cause.type == contract.DUPLICATE_MESSAGE:
                 raise DuplicateMessage(cause.message) from None
+            if isinstance(cause, ApplicationError) and cause.type == contract.SURVEY_CLOSED:
+                raise SurveyClosed(cause.message) from None
+            if isinstance(cause, ApplicationError) and cause.type == contract.DUPLICATE_ANSWER:
+                raise DuplicateAnswer(cause.message) from None
             raise
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
+                if await self._closed(handle):  # some servers answer NOT_FOUND for a finished workflow
+                    raise InvalidTransition(f"ticket {ticket_id} is closed") from None
                 raise TicketNotFound(f"no ticket {ticket_id}") from None
             if err.status == RPCStatusCode.FAILED_PRECONDITION or "completed" in str(err).lower():
                 raise InvalidTransition(f"ticket {ticket_id} is closed: {err}") from None

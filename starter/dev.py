@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
+from pathlib import Path
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.panel import Panel
 
@@ -20,8 +24,18 @@ from starter.devstack import EmbeddedPostgres, TemporalDevServer, port_open, sta
 from starter.http_intake import HttpIntakeServer
 from starter.mail_intake import MailIntakeServer
 from starter.smtp_sink import SmtpSink
+from starter.survey_pages import SurveyServer
 from ticketflow.config import Settings
 from worker import run_worker
+
+
+def survey_secret(root: Path) -> SecretStr:
+    """The key of survey links, made once and kept with the state so links survive a restart."""
+    path = root / "survey_secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32), "utf-8")
+        os.chmod(path, 0o600)
+    return SecretStr(path.read_text("utf-8").strip())
 
 
 async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int, ui_port: int) -> None:
@@ -38,6 +52,9 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
     worker_task: asyncio.Task[None] | None = None
     intake: MailIntakeServer | None = None
     http: HttpIntakeServer | None = None
+    survey_pages: SurveyServer | None = None
+    if settings.survey_secret is None:
+        settings.survey_secret = survey_secret(root)
     try:
         with console.status("starting PostgreSQL, SMTP sink and Temporal..."):
             if not settings.database_url:
@@ -66,6 +83,14 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
         if settings.intake_http_port:
             http_client = await TicketClient.connect(temporal.address, settings.temporal_namespace, settings.task_queue)
             http = await HttpIntakeServer(http_client, settings.intake_http_host, settings.intake_http_port).start()
+        if settings.survey_http_port:
+            survey_client = await TicketClient.connect(
+                temporal.address, settings.temporal_namespace, settings.task_queue
+            )
+            secret = settings.survey_secret.get_secret_value().encode("utf-8")
+            survey_pages = await SurveyServer(
+                survey_client, secret, settings.policy().csat, settings.survey_http_host, settings.survey_http_port
+            ).start()
 
         metrics = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "off"
         sdk = (
@@ -92,6 +117,8 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
                     if settings.intake_http_port
                     else "off\n"
                 )
+                + "[bold]Survey pages[/]    "
+                + (f"{settings.survey_url}/survey/...\n" if settings.survey_http_port else "off\n")
                 + f"[bold]Metrics[/]         {metrics}  (Temporal SDK: {sdk})\n"
                 f"[bold]State[/]           {root}\n\n"
                 "Try: [cyan].venv/bin/ticketflow list[/]   [cyan].venv/bin/ticketflow show TICKET[/]   "
@@ -125,6 +152,8 @@ async def run_dev(settings: Settings, console: Console, *, demo: int, seed: int,
             await intake.stop()
         if http:
             await http.stop()
+        if survey_pages:
+            await survey_pages.stop()
         if temporal:
             await asyncio.to_thread(temporal.stop)
         if sink:

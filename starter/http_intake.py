@@ -8,14 +8,10 @@ workflow exists in Temporal: nothing accepted is lost. Temporal unreachable answ
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Generator
 from typing import Any
 
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,6 +21,7 @@ from temporalio.service import RPCError
 
 from activities.metrics import INTAKE_REQUESTS
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
+from starter.serving import AsgiServer
 from ticketflow.models import MAX_BODY, Channel
 
 log = logging.getLogger("ticketflow.http_intake")
@@ -147,31 +144,6 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
     return Starlette(routes=routes, exception_handlers=dict.fromkeys(handled, handle))
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside a process that handles its own signals (ticketflow dev, the CLI)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class HttpIntakeServer:
+class HttpIntakeServer(AsgiServer):
     def __init__(self, tickets: TicketClient, host: str = "127.0.0.1", port: int = 8088) -> None:
-        config = uvicorn.Config(create_app(tickets), host=host, port=port, log_level="warning", lifespan="off")
-        self.server = _EmbeddedServer(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> HttpIntakeServer:
-        self._task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()  # raises why it could not start (port in use, ...)
-                raise RuntimeError("http intake stopped at once")
-            await asyncio.sleep(0.05)
-        return self
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
-            self._task = None
+        super().__init__(create_app(tickets), host, port)

@@ -32,8 +32,9 @@ log = logging.getLogger("ticketflow.mail_intake")
 def _count(outcome: str) -> None:
     INTAKE_REQUESTS.labels(entry="mail", outcome=outcome).inc()
 
+
 # Our Message-IDs: <ack.TICKET@ticketflow>, <agent_reply.TICKET.7.customer@ticketflow>, ...
-_OUR_ID = re.compile(r"<[a-z_]+\.([a-z2-7]{12})(?:\.[^>@]*)?@ticketflow>")
+_OUR_ID = re.compile(r"<[a-z_-]+\.([a-z2-7]{12})(?:\.[^>@]*)?@ticketflow>")
 _SUBJECT_REF = re.compile(r"\[#([a-z2-7]{12})\]")
 _QUOTE_HEADERS = re.compile(
     r"^(On .+ wrote:|Am .+ schrieb .+:|Le .+ a écrit ?:|El .+ escribió:|Em .+ escreveu:|"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Protocol, Self
+
+import uvicorn
 
 from starter.client import TicketClient
 from ticketflow.config import Settings
@@ -26,3 +29,35 @@ async def serve_until_signal(settings: Settings, start: Callable[[TicketClient],
         await stop.wait()
     finally:
         await server.stop()
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a process that handles its own signals (ticketflow dev, the CLI)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class AsgiServer:
+    """An ASGI app served by uvicorn on the caller's event loop (the HTTP intake, the survey pages)."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        self.server = _EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Self:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises why it could not start (port in use, ...)
+                raise RuntimeError("the server stopped at once")
+            await asyncio.sleep(0.05)
+        return self
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+            self._task = None

@@ -43,9 +43,18 @@ class SinkHandler:
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder
         self.messages: list[Received] = []
+        self.refuse: set[str] = set()  # addresses answered "550 no such mailbox", as a real relay would
         self._lock = threading.Lock()
         if folder:
             folder.mkdir(parents=True, exist_ok=True)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower() in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or envelope.content  # type: ignore[assignment]

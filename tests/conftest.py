@@ -19,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities import TicketActivities
 from activities.db import migrate, open_pool
 from activities.mail import SmtpSettings
+from activities.tickets import SurveyLinks
 from starter.admin import register_search_attributes
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port
 from starter.smtp_sink import SmtpSink
@@ -28,6 +29,8 @@ from ticketflow.temporal import DATA_CONVERTER, venv_binary
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
+SURVEY_SECRET = b"test-survey-secret-not-for-production"
+SURVEY_LINKS = SurveyLinks("http://survey.test", SURVEY_SECRET)
 
 
 @pytest.fixture(scope="session")
@@ -38,11 +41,14 @@ def config() -> Config:
 def wall_clock(cfg: Config) -> Config:
     """The default organisation with every SLA counted in calendar hours, every notice sent at once and
     tiers moved by their budgets alone: for tests of lifecycle mechanics that must not depend on the
-    weekday they run on. Business hours and SLA-driven escalation are tested in test_sla.py."""
+    weekday they run on. Business hours, SLA-driven escalation and the out-of-hours auto-reply are
+    tested in test_sla.py and test_notices.py."""
     sla = cfg.sla.model_copy(
         update={"hours": "calendar", "notify_out_of_hours": list(Priority), "escalate_on_breach": []}
     )
-    return cfg.model_copy(update={"sla": sla})
+    # open around the clock: the acknowledgement never turns into the out-of-hours auto-reply
+    departments = {k: d.model_copy(update={"calendar": None}) for k, d in cfg.departments.items()}
+    return cfg.model_copy(update={"sla": sla, "departments": departments})
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +169,7 @@ def make_worker(
     @asynccontextmanager
     async def factory(client: Client, task_queue: str, cfg: Config | None = None) -> AsyncIterator[TicketActivities]:
         """Runs a worker; yields its activities, whose policy a test may swap as a reload would."""
-        acts = TicketActivities(pool, cfg or config, smtp_settings)
+        acts = TicketActivities(pool, cfg or config, smtp_settings, survey_links=SURVEY_LINKS)
         async with build_worker(client, task_queue, pool, cfg or config, smtp_settings, activities=acts):
             yield acts
 

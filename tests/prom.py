@@ -106,10 +106,15 @@ def has_data(result: list[dict[str, Any]]) -> bool:
 LABEL_VALUES = re.compile(r"label_values\((?P<metric>[^,]+),\s*(?P<label>\w+)\)")
 
 
+def _grafana_regex_escape(value: str) -> str:
+    """As Grafana escapes a multi-value variable for a PromQL regex (a backslash doubled inside the string)."""
+    return re.sub(r"([\\^$*+?.()|\[\]{}])", r"\\\\\1", value)
+
+
 def expand_promql(expr: str, variables: dict[str, list[str]], range_: str, rate_interval: str) -> str:
     out = expr.replace("$__range", range_).replace("$__rate_interval", rate_interval)
     for name, values in variables.items():
-        out = out.replace(f"${name}", "(" + "|".join(re.escape(v) for v in values) + ")")
+        out = out.replace(f"${name}", "(" + "|".join(_grafana_regex_escape(v) for v in values) + ")")
     if "$" in out:
         raise AssertionError(f"unexpanded template in {out!r}")
     return out

@@ -37,7 +37,7 @@ from starter.client import TicketClient
 from starter.demo import run_demo
 from starter.devstack import TemporalDevServer, free_port
 from starter.http_intake import create_app
-from tests.conftest import StartRecorder, terminate_leftovers
+from tests.conftest import SURVEY_LINKS, StartRecorder, terminate_leftovers
 from tests.prom import LABEL_VALUES, PrometheusServer, expand_promql, expand_sql, has_data
 from ticketflow import contract
 from ticketflow.config import Config, SlaTarget
@@ -135,7 +135,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
     ).start()
     started = datetime.now(UTC)
     try:
-        async with build_worker(client, task_queue, pool, cfg, smtp_settings):
+        async with build_worker(client, task_queue, pool, cfg, smtp_settings, survey_links=SURVEY_LINKS):
             # The load starts once Prometheus has scraped the worker (its series initialised at zero).
             deadline = asyncio.get_running_loop().time() + 30
             while await prometheus.scraped() != {"ticketflow", "temporal-sdk"}:

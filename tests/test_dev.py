@@ -62,6 +62,7 @@ async def count_tickets(port: int, expected: int) -> int:
 
 def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
     temporal_port, metrics_port, intake_port, http_port = free_port(), free_port(), free_port(), free_port()
+    survey_port = free_port()
     env = {
         **os.environ,
         "COLUMNS": "200",
@@ -72,7 +73,10 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         "TICKETFLOW_SDK_METRICS_PORT": str(free_port()),
         "TICKETFLOW_INTAKE_SMTP_PORT": str(intake_port),
         "TICKETFLOW_INTAKE_HTTP_PORT": str(http_port),
+        "TICKETFLOW_SURVEY_HTTP_PORT": str(survey_port),
+        "TICKETFLOW_SURVEY_URL": f"http://127.0.0.1:{survey_port}",
     }
+    env.pop("TICKETFLOW_SURVEY_SECRET", None)
     env.pop("DATABASE_URL", None)
     log = tmp_path / "dev.log"
     proc = start_dev(env, log, "--demo", "6", "--seed", "11", "--ui-port", str(free_port()))
@@ -83,7 +87,11 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
 
         assert asyncio.run(count_tickets(temporal_port, 6)) == 6
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        created = [line for line in metrics.splitlines() if line.startswith("ticketflow_tickets_created_total")]
+        created = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("ticketflow_tickets_total{") and 'event="created"' in line
+        ]
         assert sum(float(line.rsplit(" ", 1)[1]) for line in created) == 6
         mails = list((tmp_path / "state" / "mail").glob("*.eml"))
         assert len(mails) >= 6  # one acknowledgement per ticket, plus replies and notices
@@ -110,6 +118,10 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         response = httpx.post(f"http://127.0.0.1:{http_port}/tickets", json=body, timeout=30)
         assert response.status_code == 201, response.text
         assert asyncio.run(count_tickets(temporal_port, 8)) == 8
+        # the survey pages are up, with a key made for this state folder and kept in it
+        assert httpx.get(f"http://127.0.0.1:{survey_port}/healthz", timeout=10).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{survey_port}/survey/forged.1.1.x", timeout=10).status_code == 400
+        assert len((tmp_path / "state" / "survey_secret").read_text()) >= 32
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()

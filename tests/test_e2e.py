@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
@@ -26,6 +26,7 @@ from starter.devstack import TemporalDevServer
 from starter.smtp_sink import SmtpSink
 from tests.conftest import StartRecorder, WorkerFactory, terminate_leftovers
 from tests.factories import ticket
+from ticketflow.config import load_config
 from ticketflow.models import Status
 
 pytestmark = pytest.mark.e2e
@@ -154,15 +155,23 @@ async def test_cli_open_show_reply_list(
 
 @pytest.fixture
 def fast_csat_config(tmp_path: Path) -> Path:
-    """The default organisation with a survey a second after resolution and a three-second window."""
-    data = tomllib.loads(resources.files("ticketflow").joinpath("default_config.toml").read_text("utf-8"))
-    lines = resources.files("ticketflow").joinpath("default_config.toml").read_text("utf-8")
-    assert data["csat"]["delay_minutes"] == 60
-    text = lines.replace("delay_minutes = 60", "delay_minutes = 0.02").replace(
-        "window_minutes = 10080  # 7 days", "window_minutes = 0.05"
-    )
+    """The default organisation with a survey a second after resolution and a six-second window."""
+    text = resources.files("ticketflow").joinpath("default_config.toml").read_text("utf-8")
+    for key, value in {
+        "delay_minutes": "0.02",
+        "csat_delay_minutes": "0.02",
+        "window_minutes": "0.1",
+        "reminder_minutes = 4320": "0.05",  # the survey reminder (the pending reminder stays at 2 days)
+    }.items():
+        name = key.split(" ")[0]
+        text, n = re.subn(
+            rf"(?m)^{re.escape(key)}\b.*$" if " " in key else rf"(?m)^{name} = .*$", f"{name} = {value}", text
+        )
+        assert n >= 1, key
     path = tmp_path / "fast-csat.toml"
     path.write_text(text, "utf-8")
+    csat = load_config(path).csat
+    assert (csat.delay_minutes, csat.window_minutes, csat.reminder_minutes) == (0.02, 0.1, 0.05)
     return path
 
 
@@ -200,6 +209,7 @@ def worker_env(
         task_queue,
         DATABASE_URL=migrated,
         TICKETFLOW_SMTP_PORT=str(smtp.port),
+        TICKETFLOW_SURVEY_SECRET="e2e-survey-secret",
         TICKETFLOW_METRICS_PORT="0",
         TICKETFLOW_SDK_METRICS_PORT="0",
         TICKETFLOW_CONFIG_FILE=str(fast_csat_config),

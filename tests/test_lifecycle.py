@@ -84,9 +84,12 @@ async def test_full_lifecycle(
         state = await tickets.resolve(opened.ticket_id, agent="james", resolution="refunded")
         assert state.status == Status.RESOLVED and state.resolutions == 1
 
-        await ts_env.sleep(timedelta(minutes=61))  # CSAT delay is 60 minutes
+        await ts_env.sleep(timedelta(minutes=235))  # billing asks 4 hours after (the default is 1 hour)
+        assert not [m for m in mails_for(smtp, opened.ticket_id) if "How did we do" in m.subject]
+        await ts_env.sleep(timedelta(minutes=6))
         surveys = [m for m in mails_for(smtp, opened.ticket_id) if "How did we do" in m.subject]
         assert len(surveys) == 1
+        assert "http://survey.test/survey/" in surveys[0].text()  # a signed link, not "reply with a number"
 
         state = await tickets.rate(opened.ticket_id, 5, comment="quick and friendly")
         assert state.ratings[-1].score == 5 and state.ratings[-1].agent == "james"

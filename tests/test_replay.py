@@ -27,7 +27,7 @@ from worker import WORKFLOWS, sandbox_runner
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded histories are named for the workflow version that produced them; all of them replay.
-RECORDING_AS = "v2-business-hours"
+RECORDING_AS = "v3-customer-notices"
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,21 @@ async def drive_every_path(tickets: TicketClient, env: WorkflowEnvironment) -> d
     await tickets.refresh_policy(tid, "ops", "policy file edited")
     await env.sleep(timedelta(days=4))
     await tickets.resolve(tid, "james")
+
+    opened = await tickets.open(ticket(subject="Where do I find my invoices?", body="Hello, where are they?"))
+    tid = opened.ticket_id
+    await tickets.wait_for(tid, Status.OPEN)
+    paths["pending-reminder-survey-reminder-survey-answer"] = tid
+    await tickets.reply(tid, "anna", "Which account do you mean?", pend=True)
+    await env.sleep(timedelta(days=3))  # the pending reminder
+    await tickets.customer_reply(tid, "The main one.")
+    await tickets.reply(tid, "anna", "Under Billing > Invoices.")
+    await tickets.resolve(tid, "anna")
+    await env.sleep(timedelta(days=3, hours=2))  # the survey, then its reminder
+    await tickets.rate(tid, 2, reason="slow_response", resolution=1, nonce="form-1")  # as the survey pages do
+    await tickets.rate(tid, 4, resolution=1, nonce="form-2")  # changed
+    await tickets.reopen(tid, "anna", "customer wrote again")  # the reopen notice
+    await tickets.resolve(tid, "anna")
     return paths
 
 

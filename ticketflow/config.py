@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ticketflow.calendar import BusinessCalendar, TimeZoneName
@@ -57,7 +57,13 @@ class Department(_Cfg):
     calendar: Key | None = None  # a key of [calendars]; none means open around the clock
     assignment: Literal["round_robin", "least_loaded", "skills"] = "round_robin"
     signature: str = ""
+    # The signature per customer language (en, de, ...); `signature` is used for any other language.
+    signatures: dict[str, str] = Field(default_factory=dict)
+    csat_delay_minutes: float | None = Field(default=None, ge=0)  # this department's survey delay
     agents: list[Agent] = Field(min_length=1)
+
+    def signature_for(self, lang: str) -> str:
+        return self.signatures.get(lang, self.signature)
 
     def agents_for(self, tier: int) -> list[Agent]:
         return [a for a in self.agents if tier in a.tiers]
@@ -241,11 +247,34 @@ class AutomationRule(_Cfg):
 
 
 class Csat(_Cfg):
-    """After resolution: wait `delay_minutes`, send the survey, keep it (and reopening by reply) open
-    for `window_minutes`, then close the ticket. Fractions of a minute are allowed."""
+    """After resolution: wait `delay_minutes` (a department may set its own), send the survey, keep it
+    (and reopening by reply) open for `window_minutes`, then close the ticket. One reminder goes out
+    `reminder_minutes` after the survey when it is still unanswered (None: no reminder). Fractions of a
+    minute are allowed. `scale` is "1-5" or "good_bad" (stored as 5 and 1); a bad answer (1-2) may
+    carry one of `bad_reasons`."""
 
     delay_minutes: float = Field(default=60, ge=0)
     window_minutes: float = Field(default=7 * 24 * 60, gt=0)
+    reminder_minutes: float | None = Field(default=3 * 24 * 60, gt=0)
+    scale: Literal["1-5", "good_bad"] = "1-5"
+    bad_reasons: list[str] = Field(
+        default_factory=lambda: ["slow_response", "not_resolved", "unfriendly", "had_to_repeat", "other"]
+    )
+
+    @model_validator(mode="after")
+    def _reminder_inside_window(self) -> Self:
+        if self.reminder_minutes is not None and self.reminder_minutes >= self.window_minutes:
+            raise ValueError(
+                f"csat.reminder_minutes ({self.reminder_minutes}) must be shorter than csat.window_minutes "
+                f"({self.window_minutes}): the survey closes before the reminder would go out"
+            )
+        return self
+
+
+class Pending(_Cfg):
+    """While a ticket waits on the customer, remind them once after `reminder_minutes` (None: never)."""
+
+    reminder_minutes: float | None = Field(default=2 * 24 * 60, gt=0)
 
 
 class Classifier(_Cfg):
@@ -274,6 +303,7 @@ class Config(_Cfg):
     priority_rules: list[PriorityRule] = Field(default_factory=list)
     automation: list[AutomationRule] = Field(default_factory=list)
     csat: Csat = Csat()
+    pending: Pending = Pending()
     classifier: Classifier = Classifier()
 
     @model_validator(mode="after")
@@ -353,6 +383,10 @@ class Settings(BaseSettings):
     intake_http_port: int = 8088  # web form / chat / API intake; 0 disables it in `ticketflow dev`
     intake_metrics_port: int = 0  # /metrics of `ticketflow mail-intake` on its own (http-intake serves /metrics)
     db_pool_max: int = 10
+    survey_http_host: str = "127.0.0.1"
+    survey_http_port: int = 8089  # the CSAT survey pages; 0 disables them in `ticketflow dev`
+    survey_url: str = "http://127.0.0.1:8089"  # public base URL of the survey pages, used in survey links
+    survey_secret: SecretStr | None = None  # HMAC key of survey links; `ticketflow dev` keeps one in .state
     model_dir: Path | None = None  # a model from `ticketflow train`; categorisation uses it after the rules
 
     def policy(self) -> Config:

@@ -38,3 +38,5 @@ INVALID_TICKET = "InvalidTicket"
 INVALID_TRANSITION = "InvalidTransition"
 PERMANENT_DELIVERY = "PermanentDeliveryFailure"
 DUPLICATE_MESSAGE = "DuplicateMessage"
+SURVEY_CLOSED = "SurveyClosed"  # an answer for an earlier resolution, or after the survey closed
+DUPLICATE_ANSWER = "DuplicateAnswer"  # the same survey form submitted twice

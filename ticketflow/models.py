@@ -283,6 +283,11 @@ class RateRequest(_Strict):
 
     rating: int | str
     comment: Reason = ""
+    # A reason for a bad answer (1-2), one of the policy's csat.bad_reasons; checked by the survey pages.
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] | None = None
+    # Set by the survey pages: the resolution the link was for, and the form's one-time nonce.
+    resolution: int | None = Field(default=None, ge=1)
+    nonce: Annotated[str, StringConstraints(max_length=128)] | None = None
 
     @field_validator("rating", mode="before")
     @classmethod
@@ -341,6 +346,9 @@ class Policy(BaseModel):
     escalate_on_breach: list[str] = Field(default_factory=list)
     departments: list[str] = Field(default_factory=list)  # where a transfer may go
     agents: list[str] = Field(default_factory=list)  # who may be assigned in the ticket's department
+    # Added with customer notices in their language (patch "customer-notices").
+    csat_reminder_seconds: int | None = None
+    pending_reminder_seconds: int | None = None
 
     def target(self, metric: str) -> int | None:
         return {
@@ -372,6 +380,8 @@ class Rating(BaseModel):
     tier: int
     department: str
     at: datetime
+    reason: str | None = None
+    via: str = "agent"  # agent (CLI/SDK on the customer's behalf), survey (the signed link), mail
 
 
 class ClockView(BaseModel):
@@ -426,6 +436,13 @@ class TicketState(BaseModel):
     held: list[HeldNotice] = Field(default_factory=list)
     clocks: list[ClockView] = Field(default_factory=list)  # filled in by the state query only
     recent_message_ids: list[str] = Field(default_factory=list)
+    # Patch "customer-notices": pending and survey reminders, the reopen notice, signed survey links.
+    notices_v3: bool = False
+    pending_since: datetime | None = None
+    pending_reminded: bool = False
+    survey_sent_at: datetime | None = None
+    survey_reminded_for: int = 0
+    survey_nonces: list[str] = Field(default_factory=list)  # recent form nonces: a replayed POST is refused
 
 
 # --- Activity inputs --------------------------------------------------------------------------------

@@ -60,6 +60,10 @@ T = TypeVar("T")
 # Business hours, the next-reply clock, per-policy pauses, held notices and SLA-driven escalation.
 # Tickets opened before it keep the calendar-hours behaviour they started with.
 PATCH_SLA_V2 = "sla-business-hours"
+# Customer notices: a reminder while we wait on the customer, one survey reminder, a reopen notice,
+# and survey links signed for one resolution. Tickets opened before it keep their earlier behaviour.
+PATCH_NOTICES = "customer-notices"
+RECENT_SURVEY_NONCES = 20
 EPSILON = 0.001  # seconds: calendar arithmetic is exact to the microsecond, never loop on rounding
 STAFF_TEMPLATES = ("sla_reminder", "sla_breach", "escalation")
 MAX_TIER = 4
@@ -104,6 +108,7 @@ class TicketWorkflow:
     async def run(self, input: TicketWorkflowInput) -> TicketState:
         if input.resume is None:
             self.state.sla_v2 = workflow.patched(PATCH_SLA_V2)
+            self.state.notices_v3 = workflow.patched(PATCH_NOTICES)
             await self._open(input.ticket or {}, imported=input.imported)
         self._publish_search_attributes()
 
@@ -215,7 +220,32 @@ class TicketWorkflow:
                 candidates.append(s.survey_due_at)
             if s.close_at:
                 candidates.append(s.close_at)
+        if (reminder := self._survey_reminder_at()) is not None:
+            candidates.append(reminder)
+        if (reminder := self._pending_reminder_at()) is not None:
+            candidates.append(reminder)
         return min(candidates) if candidates else None
+
+    def _survey_reminder_at(self) -> datetime | None:
+        """One reminder per resolution, while the survey is unanswered and still open."""
+        s = self.state
+        if not s.notices_v3 or s.policy is None or s.policy.csat_reminder_seconds is None:
+            return None
+        if s.status != Status.RESOLVED or s.survey_sent_at is None or s.survey_reminded_for >= s.resolutions:
+            return None
+        if self._rated_current():
+            return None
+        at = s.survey_sent_at + timedelta(seconds=s.policy.csat_reminder_seconds)
+        return at if s.close_at is None or at < s.close_at else None
+
+    def _pending_reminder_at(self) -> datetime | None:
+        """One reminder per wait on the customer."""
+        s = self.state
+        if not s.notices_v3 or s.policy is None or s.policy.pending_reminder_seconds is None:
+            return None
+        if s.status != Status.PENDING or s.pending_since is None or s.pending_reminded:
+            return None
+        return s.pending_since + timedelta(seconds=s.policy.pending_reminder_seconds)
 
     def _next_event_name(self) -> str:
         return f"next ticket event ({self.state.status})"
@@ -241,11 +271,44 @@ class TicketWorkflow:
                 and not self._rated_current()
             ):
                 s.survey_sent_for = s.resolutions
-                await self._notify("survey", "customer", key=f"csat:{s.ticket_id}:{s.resolutions}")
+                if s.notices_v3:
+                    s.survey_sent_at = now
+                await self._notify(
+                    "survey", "customer", key=f"csat:{s.ticket_id}:{s.resolutions}", context=self._survey_context()
+                )
                 await self._record("survey_sent", SYSTEM, {"resolution": s.resolutions})
+            if (at := self._survey_reminder_at()) is not None and now >= at:
+                s.survey_reminded_for = s.resolutions
+                await self._notify(
+                    "survey_reminder",
+                    "customer",
+                    key=f"csat-reminder:{s.ticket_id}:{s.resolutions}",
+                    context=self._survey_context(),
+                )
+                await self._record("survey_reminder_sent", SYSTEM, {"resolution": s.resolutions})
             if s.close_at and now >= s.close_at:
                 s.status = Status.CLOSED
                 await self._record("closed", SYSTEM, {}, update={"status": Status.CLOSED, "closed_at": now})
+
+        if (at := self._pending_reminder_at()) is not None and now >= at:
+            s.pending_reminded = True
+            assert s.pending_since is not None
+            since = s.pending_since
+            await self._notify(
+                "pending_reminder", "customer", key=f"pending-reminder:{s.ticket_id}:{since.timestamp():.0f}"
+            )
+            await self._record("pending_reminder_sent", SYSTEM, {"pending_since": since.isoformat()})
+
+    def _survey_context(self) -> dict[str, Any]:
+        """What the survey link is signed for: this resolution, valid until the survey closes."""
+        s = self.state
+        if not s.notices_v3 or s.close_at is None:
+            return {}
+        return {"resolution": s.resolutions, "closes_at": s.close_at.isoformat()}
+
+    def _enter_pending(self, now: datetime) -> None:
+        if self.state.notices_v3:
+            self.state.pending_since, self.state.pending_reminded = now, False
 
     async def _fire_sla_thresholds(self, clock: SlaClock, now: datetime) -> None:
         """Announce the highest threshold the clock has reached, marking lower ones as passed.
@@ -565,6 +628,7 @@ class TicketWorkflow:
             s.messages += 1
             if req.pend and s.status == Status.OPEN:
                 s.status = Status.PENDING
+                self._enter_pending(now)
                 events += self._pause_clocks(now)
                 update["status"] = Status.PENDING
             await self._record(
@@ -597,6 +661,7 @@ class TicketWorkflow:
             events: list[SlaEvent] = []
             if before == Status.PENDING:
                 s.status = Status.OPEN
+                s.pending_since = None
                 events += self._resume_clocks(now)
                 update["status"] = Status.OPEN
             events += self._start_next_reply(now)
@@ -687,6 +752,7 @@ class TicketWorkflow:
         async with self._lock:
             self._require(Status.OPEN, action="pend")
             self.state.status = Status.PENDING
+            self._enter_pending(workflow.now())
             events = self._pause_clocks(workflow.now())
             await self._record(
                 "pended", req.agent, {"reason": req.reason}, update={"status": Status.PENDING}, sla=events
@@ -747,6 +813,7 @@ class TicketWorkflow:
         assert s.policy is not None
         s.status = Status.OPEN
         s.survey_due_at = s.close_at = None  # an unsent survey is cancelled
+        s.survey_sent_at = None  # and so is its reminder
         s.sla["resolution"] = self._new_clock("resolution", s.policy.resolution_seconds, now)
         s.tier_clock = self._new_clock("tier", s.policy.tier_budget_seconds[s.tier], now)
         await self._record(
@@ -756,6 +823,8 @@ class TicketWorkflow:
             update={"status": Status.OPEN, "resolved_at": None},
             sla=[self._event(s.sla["resolution"], "started", now)],
         )
+        if s.notices_v3:
+            await self._notify("reopened", "customer", key=f"reopened:{s.ticket_id}:{s.resolutions}")
 
     @workflow.update(name=contract.ESCALATE)
     async def escalate(self, req: EscalateRequest) -> TicketState:
@@ -777,6 +846,7 @@ class TicketWorkflow:
             self._require(Status.RESOLVED, action="rate")
             s, now = self.state, workflow.now()
             assert s.department is not None
+            self._validate_rate(req)
             rating = Rating(
                 score=req.score,
                 raw=req.rating,
@@ -785,7 +855,11 @@ class TicketWorkflow:
                 tier=s.tier,
                 department=s.department,
                 at=now,
+                reason=req.reason,
+                via="survey" if req.nonce else "agent",
             )
+            if req.nonce:
+                s.survey_nonces = [*s.survey_nonces[-(RECENT_SURVEY_NONCES - 1) :], req.nonce]
             s.ratings = [r for r in s.ratings if r.resolution != s.resolutions] + [rating]
             await self._activity(
                 contract.RECORD_RATING,
@@ -796,7 +870,21 @@ class TicketWorkflow:
 
     @rate.validator
     def _validate_rate(self, req: RateRequest) -> None:
+        """A survey answer counts for the resolution its link was signed for, once per form."""
+        s = self.state
+        if req.resolution is not None and req.resolution != s.resolutions:
+            raise ApplicationError(
+                f"this survey was for an earlier resolution of the ticket (#{req.resolution}, now #{s.resolutions})",
+                type=contract.SURVEY_CLOSED,
+                non_retryable=True,
+            )
+        if s.status == Status.CLOSED and req.resolution is not None:
+            raise ApplicationError("the survey has closed", type=contract.SURVEY_CLOSED, non_retryable=True)
         self._require(Status.RESOLVED, action="rate")
+        if req.nonce and req.nonce in s.survey_nonces:
+            raise ApplicationError(
+                "this answer was already recorded", type=contract.DUPLICATE_ANSWER, non_retryable=True
+            )
 
     # --- live policy changes: every pending deadline is recomputed, none goes stale ---------------
 

@@ -1,0 +1,105 @@
+"""Email delivery through the outbox against a real SMTP server (aiosmtpd): a relay that is down
+for a while loses nothing and sends nothing twice; a refused recipient is recorded, not retried."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.mail import SmtpSettings
+from starter.client import TicketClient
+from starter.devstack import free_port
+from starter.smtp_sink import SmtpSink
+from tests.conftest import SURVEY_LINKS, StartRecorder, WorkerFactory, terminate_leftovers, wall_clock
+from tests.factories import ticket
+from ticketflow.config import Config, default_config
+from ticketflow.models import Status
+from worker import build_worker
+
+Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+OUTAGE_SECONDS = 12  # long enough for several failed attempts with backoff; the chaos suite holds it 60 s
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return wall_clock(default_config())
+
+
+async def outbox(pool: Pool, ids: list[str]) -> list[dict[str, Any]]:
+    async with pool.connection() as conn:
+        return await (
+            await conn.execute(
+                "SELECT key, message_id, status, attempts, interrupted, last_error, smtp_code FROM outbox"
+                " WHERE ticket_id = ANY(%s) ORDER BY key",
+                (ids,),
+            )
+        ).fetchall()
+
+
+@pytest.mark.e2e
+async def test_a_relay_down_for_a_while_loses_nothing_and_sends_nothing_twice(
+    dev_client: Client, pool: Pool, config: Config, task_queue: str
+) -> None:
+    relay = SmtpSink(port=free_port())  # not started: the relay is down from the first ticket on
+    recorder = StartRecorder()
+    client_config = dev_client.config()
+    client_config["interceptors"] = [recorder]
+    client = Client(**client_config)
+    tickets = TicketClient(client, task_queue)
+    smtp = SmtpSettings(host="127.0.0.1", port=relay.port, timeout=5)
+    try:
+        async with build_worker(client, task_queue, pool, config, smtp, survey_links=SURVEY_LINKS):
+            ids = [(await tickets.open(ticket(subject=f"Printer {i} jams"))).ticket_id for i in range(5)]
+            for tid in ids:
+                await tickets.wait_for(tid, Status.OPEN, within=30)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while not (rows := await outbox(pool, ids)) or min(r["attempts"] for r in rows) < 2 or len(rows) < 5:
+                assert loop.time() < deadline, rows
+                await asyncio.sleep(0.5)
+            assert {r["status"] for r in rows} == {"pending"}  # kept, retried, not dropped
+            assert all("Connect" in (r["last_error"] or "") for r in rows), rows
+            await asyncio.sleep(OUTAGE_SECONDS)
+            relay.start()  # the relay is back
+            deadline = loop.time() + 120
+            rows = await outbox(pool, ids)
+            while {r["status"] for r in rows} != {"sent"}:
+                assert loop.time() < deadline, rows
+                await asyncio.sleep(0.5)
+                rows = await outbox(pool, ids)
+            await asyncio.sleep(3)  # a duplicate would arrive now
+    finally:
+        relay.stop()
+        await terminate_leftovers(client, recorder.ids)
+    delivered = Counter(m.message_id for m in relay.messages)
+    assert delivered == Counter({f"<ack.{tid}@ticketflow>": 1 for tid in ids})
+    assert all(r["attempts"] >= 2 and r["interrupted"] == 0 for r in rows)
+
+
+async def test_a_refused_recipient_is_recorded_once_and_not_retried(
+    ts_env: WorkflowEnvironment,
+    ts_client: Client,
+    make_worker: WorkerFactory,
+    task_queue: str,
+    smtp: SmtpSink,
+    pool: Pool,
+) -> None:
+    smtp.handler.refuse.add("gone@example.com")
+    tickets = TicketClient(ts_client, task_queue)
+    async with make_worker(ts_client, task_queue):
+        tid = (await tickets.open(ticket(customer={"email": "gone@example.com"}))).ticket_id
+        await tickets.wait_for(tid, Status.OPEN)
+        state = await tickets.reply(tid, "anna", "Here is the answer.")  # the ticket goes on regardless
+        assert state.first_response_at is not None
+    rows = await outbox(pool, [tid])
+    assert len(rows) == 2  # the acknowledgement and the agent's reply
+    assert [(r["status"], r["attempts"], r["smtp_code"]) for r in rows] == [("failed", 1, 550)] * 2
+    assert all("no such mailbox" in r["last_error"] for r in rows)
+    assert not [m for m in smtp.messages if "gone@example.com" in m.rcpt_tos]
