@@ -25,6 +25,7 @@ test: .venv lint
 
 lint: .venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
 worker: .venv

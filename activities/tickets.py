@@ -483,6 +483,21 @@ class TicketActivities:
                     )
                 elif entry.event == "survey_sent":
                     tally.inc(metrics.CSAT_SURVEYS, department=dept)
+                elif entry.event == "notification_bounced":
+                    bounced = await (
+                        await conn.execute(
+                            "UPDATE outbox SET status = 'bounced', last_error = %s, failed_at = %s"
+                            " WHERE ticket_id = %s AND message_id = %s RETURNING template",
+                            (
+                                entry.detail.get("diagnostic") or "bounced",
+                                entry.at,
+                                entry.ticket_id,
+                                entry.detail["message_id"],
+                            ),
+                        )
+                    ).fetchone()
+                    if bounced is not None:
+                        tally.inc(metrics.NOTIFICATIONS, template=bounced["template"], outcome="bounced")
             tally.flush()  # counted once the rows are committed, before anything else can fail
 
     @staticmethod

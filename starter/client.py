@@ -29,6 +29,7 @@ from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import (
     AgentReply,
     Assign,
+    BounceReport,
     ChangePriority,
     CustomerReply,
     EscalateRequest,
@@ -291,6 +292,12 @@ class TicketClient:
     async def refresh_policy(self, ticket_id: str, actor: str, reason: str = "") -> TicketState:
         """Apply the current policy file's targets and business hours to a live ticket."""
         return await self._update(ticket_id, contract.REFRESH_POLICY, RefreshPolicy, actor=actor, reason=reason)
+
+    async def report_bounce(self, ticket_id: str, message_id: str, diagnostic: str = "") -> TicketState:
+        """Record that one of the ticket's mails bounced (the mail intake calls this for a DSN)."""
+        return await self._update(
+            ticket_id, contract.REPORT_BOUNCE, BounceReport, message_id=message_id, diagnostic=diagnostic
+        )
 
     async def rate(
         self,

@@ -16,14 +16,15 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
+from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from activities.metrics import INTAKE_REQUESTS
-from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketValidationError
+from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
 from ticketflow.ids import parse_ticket_id
 
 log = logging.getLogger("ticketflow.mail_intake")
@@ -46,7 +47,7 @@ MAX_BODY = 200_000
 
 @dataclass(frozen=True)
 class Ingested:
-    kind: str  # opened | duplicate | reply | duplicate_reply | follow_up
+    kind: str  # opened | duplicate | reply | duplicate_reply | follow_up | bounce | late_bounce | foreign_bounce
     ticket_id: str
 
 
@@ -85,6 +86,35 @@ def _attachments(msg: EmailMessage) -> list[dict[str, Any]]:
     return out[:50]
 
 
+def is_bounce(msg: EmailMessage) -> bool:
+    """A delivery status notification (RFC 3464): a report, not a customer writing."""
+    return msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
+
+
+def bounced_message(msg: EmailMessage) -> tuple[str | None, str]:
+    """The Message-ID of the mail that bounced, and the relay's diagnostic."""
+    original: str | None = None
+    diagnostic = ""
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind in ("text/rfc822-headers", "message/rfc822", "message/rfc822-headers"):
+            payload = part.get_payload()
+            headers: Message
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                headers = payload[0]  # message/rfc822: the original message, parsed
+            else:  # text/rfc822-headers: the original headers as text
+                headers = HeaderParser(policy=email.policy.default).parsestr(str(part.get_content()))
+            original = original or (str(headers.get("Message-ID", "")).strip() or None)
+        elif kind == "message/delivery-status":
+            text = "\n".join(str(p) for p in part.get_payload()) if part.is_multipart() else str(part.get_payload())
+            codes = re.findall(r"(?im)^Diagnostic-Code:\s*(.+)$", text) or re.findall(r"(?im)^Status:\s*(.+)$", text)
+            diagnostic = codes[0].strip()[:500] if codes else ""
+    if original is None:  # no copy of the headers: the report's own threading headers name it
+        found = _OUR_ID.search(" ".join(str(msg.get(h, "")) for h in ("In-Reply-To", "References")))
+        original = found.group(0) if found else None
+    return original, diagnostic
+
+
 def thread_of(msg: EmailMessage) -> str | None:
     """The ticket a message answers, from its threading headers or its subject."""
     refs = " ".join(str(msg.get(h, "")) for h in ("In-Reply-To", "References"))
@@ -97,6 +127,8 @@ class MailIntake:
         self.tickets = tickets
 
     async def ingest(self, msg: EmailMessage) -> Ingested:
+        if is_bounce(msg):
+            return await self._bounce(msg)
         message_id = str(msg.get("Message-ID") or "").strip() or f"<{uuid.uuid4().hex}@intake.ticketflow>"
         name, address = parseaddr(str(msg.get("From", "")))
         body = strip_quoted(_text(msg))[:MAX_BODY] or "(no text)"
@@ -107,11 +139,26 @@ class MailIntake:
                 return Ingested("reply", ticket_id)
             except DuplicateMessage:
                 return Ingested("duplicate_reply", ticket_id)
-            except InvalidTransition:  # closed: a follow-up ticket that links the old one
+            except (InvalidTransition, TicketNotFound):  # closed (or long gone): a follow-up that links it
                 follow_up = await self._open(msg, message_id, name, address, body, [f"follow-up:{ticket_id}"])
                 return Ingested("follow_up", follow_up.ticket_id)
         opened = await self._open(msg, message_id, name, address, body, [])
         return opened
+
+    async def _bounce(self, msg: EmailMessage) -> Ingested:
+        """A delivery report about one of our mails: recorded on its ticket, never a ticket itself."""
+        original, diagnostic = bounced_message(msg)
+        found = _OUR_ID.fullmatch(original or "")
+        if original is None or found is None:
+            log.warning("a delivery report about a message that is not ours (%s): dropped", original)
+            return Ingested("foreign_bounce", "")
+        ticket_id = parse_ticket_id(found.group(1))
+        try:
+            await self.tickets.report_bounce(ticket_id, original, diagnostic)
+        except (InvalidTransition, TicketNotFound):
+            log.warning("bounce of %s arrived after ticket %s closed: not recorded", original, ticket_id)
+            return Ingested("late_bounce", ticket_id)
+        return Ingested("bounce", ticket_id)
 
     async def _open(
         self, msg: EmailMessage, message_id: str, name: str, address: str, body: str, tags: list[str]

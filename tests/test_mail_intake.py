@@ -4,6 +4,8 @@ threaded by headers or subject with quoted history stripped, duplicates dropped,
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
@@ -122,3 +124,92 @@ def test_quote_stripping_and_threading() -> None:
     assert thread_of(mail("no ref", "x", "<a@b>")) is None
     assert thread_of(mail("Re: x", "x", "<a@b>", In_Reply_To="<ack.abcdefghijkl@ticketflow>")) == "abcdefghijkl"
     assert asyncio.iscoroutinefunction(MailIntakeServer.start)
+
+
+def delivery_report(original_id: str, rcpt: str, diagnostic: str) -> EmailMessage:
+    """A bounce as relays send it (RFC 3464): multipart/report with the original's headers."""
+    raw = f"""From: Mail Delivery System <MAILER-DAEMON@relay.example>
+To: support@northwind.example
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <dsn-{abs(hash(original_id))}@relay.example>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
+
+--b1
+Content-Type: text/plain
+
+This is the mail system. Your message could not be delivered.
+
+--b1
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.example
+
+Final-Recipient: rfc822; {rcpt}
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; {diagnostic}
+
+--b1
+Content-Type: text/rfc822-headers
+
+From: support@northwind.example
+To: {rcpt}
+Subject: Your ticket
+Message-ID: {original_id}
+
+--b1--
+"""
+    msg = email.message_from_string(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+async def test_a_bounce_is_recorded_on_its_mail_and_never_opens_a_ticket(
+    intake: tuple[MailIntakeServer, TicketClient],
+    dev_client: Client,
+    make_worker: WorkerFactory,
+    task_queue: str,
+    pool: Pool,
+) -> None:
+    server, tickets = intake
+    first_id = "<CAF-bounce-0001@mail.example.pt>"
+    tid = ticket_id_for(first_id)
+    async with make_worker(dev_client, task_queue):
+        try:
+            await send(server, mail("Login broken", "I cannot log in.", first_id, sender="Zé <ze@example.pt>"))
+            await tickets.wait_for(tid, Status.OPEN)
+            ack = f"<ack.{tid}@ticketflow>"
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:  # the acknowledgement went out (the relay accepted it)
+                async with pool.connection() as conn:
+                    sent = await (
+                        await conn.execute("SELECT status FROM outbox WHERE message_id = %s", (ack,))
+                    ).fetchone()
+                if sent and sent["status"] == "sent":
+                    break
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.2)
+            _, reply = await send(server, delivery_report(ack, "ze@example.pt", "550 5.1.1 <ze@example.pt>: unknown"))
+            assert f"bounce ticket {tid}" in reply
+            _, reply = await send(server, delivery_report("<CAF-other@mail.example>", "x@example.com", "550 gone"))
+            assert "foreign_bounce" in reply  # not ours: dropped with a log line, and no ticket
+            state = await tickets.get(tid)
+            assert state.status == Status.OPEN
+        finally:
+            await terminate_leftovers(dev_client, [f"ticket-{tid}"])
+    async with pool.connection() as conn:
+        row = await (
+            await conn.execute("SELECT status, last_error FROM outbox WHERE message_id = %s", (ack,))
+        ).fetchone()
+        audit = await (
+            await conn.execute(
+                "SELECT detail FROM audit_log WHERE ticket_id = %s AND event = 'notification_bounced'", (tid,)
+            )
+        ).fetchall()
+        opened = await (
+            await conn.execute("SELECT count(*) AS n FROM tickets WHERE customer_email LIKE 'mailer-daemon%%'")
+        ).fetchone()
+    assert row == {"status": "bounced", "last_error": "smtp; 550 5.1.1 <ze@example.pt>: unknown"}
+    assert [a["detail"]["message_id"] for a in audit] == [ack]
+    assert opened == {"n": 0}

@@ -31,6 +31,7 @@ REFRESH_POLICY = "refresh_policy"
 DEESCALATE = "deescalate"
 NOTE = "note"
 ASSIGN = "assign"
+REPORT_BOUNCE = "report_bounce"  # a delivery status notification about one of the ticket's mails
 STATE_QUERY = "state"
 
 # application error types

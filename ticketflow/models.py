@@ -226,6 +226,13 @@ class CustomerReply(_Strict):
     external_message_id: Annotated[str, StringConstraints(max_length=998)] | None = None
 
 
+class BounceReport(_Strict):
+    """A relay's delivery status notification about a mail of this ticket (from the mail intake)."""
+
+    message_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=998)]
+    diagnostic: Reason = ""
+
+
 class InternalNote(_Strict):
     """A note for colleagues: stored with the ticket, never sent to the customer."""
 

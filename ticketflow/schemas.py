@@ -16,6 +16,7 @@ from ticketflow import contract
 from ticketflow.models import (
     AgentReply,
     Assign,
+    BounceReport,
     ChangePriority,
     CustomerReply,
     EscalateRequest,
@@ -35,6 +36,7 @@ UPDATES: dict[str, type[BaseModel]] = {
     contract.CUSTOMER_REPLY: CustomerReply,
     contract.NOTE: InternalNote,
     contract.ASSIGN: Assign,
+    contract.REPORT_BOUNCE: BounceReport,
     contract.PEND: PendRequest,
     contract.RESOLVE: ResolveRequest,
     contract.REOPEN: ReopenRequest,

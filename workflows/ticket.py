@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         AgentReply,
         Assign,
         AuditEntry,
+        BounceReport,
         Categorisation,
         CategoriseRequest,
         ChangePriority,
@@ -839,6 +840,19 @@ class TicketWorkflow:
         self._require(Status.OPEN, Status.PENDING, action="escalate")
         if self.state.tier >= MAX_TIER:
             raise _invalid("the ticket is already at tier 4, the highest tier")
+
+    @workflow.update(name=contract.REPORT_BOUNCE)
+    async def report_bounce(self, req: BounceReport) -> TicketState:
+        async with self._lock:
+            self._validate_report_bounce(req)
+            detail = {"message_id": req.message_id, "diagnostic": req.diagnostic}
+            await self._record("notification_bounced", "mail-system", detail)
+        return self.state
+
+    @report_bounce.validator
+    def _validate_report_bounce(self, req: BounceReport) -> None:
+        if f".{self.state.ticket_id}" not in req.message_id or not req.message_id.endswith("@ticketflow>"):
+            raise _invalid(f"{req.message_id} is not a message of ticket {self.state.ticket_id}")
 
     @workflow.update(name=contract.RATE)
     async def rate(self, req: RateRequest) -> TicketState:
