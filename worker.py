@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +23,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import TicketActivities, metrics
 from activities.backlog import BacklogCollector
 from activities.db import migrate, open_pool
+from activities.health import Health, serve
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
 from ticketflow.config import Config, Settings
@@ -128,10 +129,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         raise ConnectionError(f"cannot prepare PostgreSQL at DATABASE_URL: {err}") from err
     if applied:
         log.info("database migrations applied: %s", ", ".join(applied))
+    health = Health(settings.database_url)
+    http = None
     if settings.metrics_port:
         registry = metrics_registry(BacklogCollector(settings.database_url, config))
-        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
-        log.info("business metrics on http://%s:%s/metrics", settings.metrics_host, settings.metrics_port)
+        http = serve(settings.metrics_host, settings.metrics_port, registry, health)
+        log.info(
+            "business metrics on http://%s:%s/metrics, probes on /healthz and /readyz",
+            settings.metrics_host,
+            settings.metrics_port,
+        )
     pool = await open_pool(settings.database_url, settings.db_pool_max)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -151,11 +158,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             survey_links=links,
         )
         async with worker:
+            health.polling = True
             log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
             await stop.wait()
+            health.draining = True
             log.info("stopping: draining in-flight work")
     finally:
         await pool.close()
+        if http is not None:  # no HTTP thread may outlive the worker: it would race interpreter shutdown
+            await asyncio.to_thread(http.shutdown)
+            http.server_close()
 
 
 def main() -> None:

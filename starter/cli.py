@@ -8,12 +8,14 @@ import logging
 import random
 import re
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -231,8 +233,15 @@ def worker() -> None:
     from worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
     try:
-        asyncio.run(run_worker(Settings()))
+        settings.policy()  # a broken policy file stops here, with every problem named
+    except (ValidationError, tomllib.TOMLDecodeError, OSError) as err:
+        # plain text, not rich: it would wrap the path
+        typer.echo(f"worker cannot start: the policy file {settings.config_file} is invalid:\n{err}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        asyncio.run(run_worker(settings))
     except ConnectionError as err:
         err_console.print(f"[red]worker cannot start:[/] {err}")
         raise typer.Exit(1) from None
