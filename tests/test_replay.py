@@ -12,18 +12,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from starter.client import TicketClient
 from tests.conftest import WorkerFactory, wall_clock
 from tests.factories import ticket
 from ticketflow.config import Config, default_config
 from ticketflow.ids import workflow_id
-from ticketflow.models import Priority, Status
+from ticketflow.models import Priority, Status, TicketState, TicketWorkflowInput
 from ticketflow.temporal import DATA_CONVERTER
 from worker import WORKFLOWS, sandbox_runner
+from workflows.ticket import TicketWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded histories are named for the workflow version that produced them; all of them replay.
@@ -131,3 +133,32 @@ async def test_recorded_histories_replay(name: str) -> None:
 
 def test_recorded_histories_exist() -> None:
     assert len(RECORDED) >= 4, "tests/histories/ lost its recorded histories"
+
+
+@workflow.defn(name="TicketWorkflow", sandboxed=False)
+class ReorderedTicketWorkflow(TicketWorkflow):
+    """The real workflow with one new command (a timer) ahead of everything: what a careless edit looks like."""
+
+    @workflow.run
+    async def run(self, input: TicketWorkflowInput) -> TicketState:
+        await workflow.sleep(timedelta(seconds=1))
+        return await super().run(input)
+
+
+async def replay_all(workflow_class: type) -> list[str]:
+    """The names of the recorded histories that fail to replay on `workflow_class`."""
+    replayer = Replayer(
+        workflows=[workflow_class], data_converter=DATA_CONVERTER, workflow_runner=UnsandboxedWorkflowRunner()
+    )
+    failed = []
+    for name, text in RECORDED.items():
+        result = await replayer.replay_workflow(WorkflowHistory.from_json(name, text), raise_on_replay_failure=False)
+        if result.replay_failure is not None:
+            failed.append(name)
+    return failed
+
+
+async def test_a_non_deterministic_change_fails_the_replay_test() -> None:
+    """The test of the test: the recorded histories catch a change that would break running tickets."""
+    assert await replay_all(TicketWorkflow) == []
+    assert sorted(await replay_all(ReorderedTicketWorkflow)) == sorted(RECORDED)
