@@ -64,6 +64,9 @@ PATCH_SLA_V2 = "sla-business-hours"
 # Customer notices: a reminder while we wait on the customer, one survey reminder, a reopen notice,
 # and survey links signed for one resolution. Tickets opened before it keep their earlier behaviour.
 PATCH_NOTICES = "customer-notices"
+# A clock met after its target is recorded as breached even when its timer never got to fire (the
+# workflow was busy, e.g. retrying a notice through an SMTP outage, when the deadline passed).
+PATCH_BREACH_AT_FULFIL = "breach-before-fulfil"
 RECENT_SURVEY_NONCES = 20
 EPSILON = 0.001  # seconds: calendar arithmetic is exact to the microsecond, never loop on rounding
 STAFF_TEMPLATES = ("sla_reminder", "sla_breach", "escalation")
@@ -462,6 +465,37 @@ class TicketWorkflow:
             fraction=fraction,
         )
 
+    async def _record_overdue(self, metrics: tuple[str, ...], now: datetime) -> None:
+        """Before a clock is met, record a breach its timer missed; nobody is paged after the fact."""
+        s = self.state
+        if not s.sla_v2:
+            return
+        overdue = [
+            c
+            for c in self._timed_clocks()
+            if c.metric in metrics and not c.breached and self._reached(c, c.target_seconds, now)
+        ]
+        if not overdue or not workflow.patched(PATCH_BREACH_AT_FULFIL):
+            return
+        for clock in overdue:
+            clock.breached = True
+            clock.reminders_sent.extend(f for f in clock.reminder_fractions if f not in clock.reminders_sent)
+            s.sla_breached = True
+            detail = {
+                "metric": clock.metric,
+                "fraction": 1.0,
+                "target_seconds": clock.target_seconds,
+                "elapsed_seconds": round(clock.elapsed(now, self._cal), 3),
+                "noticed": "when the clock was met",
+            }
+            await self._record(
+                "sla_breach",
+                SYSTEM,
+                detail,
+                update={"sla_breached": True},
+                sla=[self._event(clock, "breached", now, fraction=1.0)],
+            )
+
     def _fulfil(self, metrics: tuple[str, ...], now: datetime) -> list[SlaEvent]:
         events = []
         for clock in self._timed_clocks():
@@ -614,6 +648,7 @@ class TicketWorkflow:
         async with self._lock:
             self._require(Status.OPEN, Status.PENDING, action="reply to")
             s, now = self.state, workflow.now()
+            await self._record_overdue(("first_response", "next_reply"), now)
             update: dict[str, Any] = {}
             events: list[SlaEvent] = []
             first = s.sla.get("first_response")
@@ -771,6 +806,7 @@ class TicketWorkflow:
             self._require(Status.OPEN, Status.PENDING, action="resolve")
             s, now = self.state, workflow.now()
             assert s.policy is not None
+            await self._record_overdue(("resolution", "next_reply"), now)
             if s.sla_v2:
                 events = self._fulfil(("resolution", "tier", "next_reply"), now) + self._pause_clocks(now)
             else:
