@@ -122,7 +122,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     config = settings.policy()
     links = survey_links(settings)
     sdk_bind = f"{settings.metrics_host}:{settings.sdk_metrics_port}" if settings.sdk_metrics_port else None
-    client = await connect(settings.temporal_address, settings.temporal_namespace, sdk_bind)
+    keys = settings.codec_keys.get_secret_value() if settings.codec_keys else None
+    client = await connect(settings.temporal_address, settings.temporal_namespace, sdk_bind, codec_keys=keys)
     try:
         applied = await migrate(settings.database_url)
     except Exception as err:

@@ -26,11 +26,13 @@ from starter.client import (
     TicketNotFound,
     TicketValidationError,
 )
+from starter.codec_server import codec_server
 from starter.dashboards_cli import dashboards_app
 from starter.reports import report
 from starter.serving import Stoppable
+from ticketflow.codec import CodecKeyError
 from ticketflow.config import Settings
-from ticketflow.models import Priority, Status, TicketState
+from ticketflow.models import Priority, RateRequest, Status, TicketState
 
 app = typer.Typer(
     help="ticketflow: every help-desk ticket a durable Temporal workflow.",
@@ -245,6 +247,9 @@ def worker() -> None:
     except ConnectionError as err:
         err_console.print(f"[red]worker cannot start:[/] {err}")
         raise typer.Exit(1) from None
+    except CodecKeyError as err:
+        typer.echo(f"worker cannot start: TICKETFLOW_CODEC_KEYS: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -288,11 +293,18 @@ def open_ticket(
 ) -> None:
     """Open a ticket (validated before anything starts)."""
     if json_file is not None:
-        text = sys.stdin.read() if str(json_file) == "-" else json_file.read_text("utf-8")
         try:
+            text = sys.stdin.read() if str(json_file) == "-" else json_file.read_text("utf-8")
             payload: dict[str, Any] = json.loads(text)
-        except json.JSONDecodeError as err:
-            err_console.print(f"[red]invalid input:[/] not JSON: {err}")
+        except OSError as err:
+            typer.echo(f"invalid input: cannot read {json_file}: {err.strerror or err}", err=True)
+            raise typer.Exit(2) from None
+        except UnicodeDecodeError:
+            typer.echo(f"invalid input: {json_file} is not UTF-8 text", err=True)
+            raise typer.Exit(2) from None
+        except (json.JSONDecodeError, RecursionError, ValueError) as err:
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            typer.echo(f"invalid input: not JSON: {reason}"[:300], err=True)
             raise typer.Exit(2) from None
     else:
         customer = {
@@ -515,11 +527,17 @@ def refresh_policy(
 @app.command()
 def rate(ticket: str, rating: str, comment: Annotated[str, typer.Option()] = "") -> None:
     """Record a CSAT rating: 1-5, good or bad."""
-    value: int | str = int(rating) if rating.isdigit() else rating
+    value: int | str = int(rating) if rating.isascii() and rating.isdigit() and len(rating) < 4 else rating
+    try:  # refuse a bad rating before connecting anywhere
+        RateRequest(rating=value, comment=comment)
+    except ValidationError as err:
+        typer.echo(f"invalid input: {err.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
     _print_state(_run(lambda c: c.rate(ticket, value, comment)))
 
 
 app.add_typer(dashboards_app, name="dashboards")
+app.command("codec-server", help="Decrypt payloads for the Temporal UI/CLI of authorised operators.")(codec_server)
 templates_app = typer.Typer(help="Email templates: check that every one renders in every language.")
 app.add_typer(templates_app, name="templates")
 
@@ -534,6 +552,9 @@ def templates_check(
     from activities.mail import Templates
     from activities.template_check import check
 
+    if directory is not None and not directory.is_dir():
+        typer.echo(f"error: {directory} is not a folder of templates", err=True)
+        raise typer.Exit(2)
     templates = Templates(directory)
     problems = check(templates, Settings().policy())
     for problem in problems:

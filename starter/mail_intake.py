@@ -16,9 +16,9 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from email.message import EmailMessage, Message
+from email.message import EmailMessage, Message, MIMEPart
 from email.parser import HeaderParser
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -43,6 +43,7 @@ _QUOTE_HEADERS = re.compile(
     re.IGNORECASE,
 )
 MAX_BODY = 200_000
+_CONTENT_TYPE = re.compile(r"[\w.+-]{1,127}/[\w.+-]{1,127}")
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,30 @@ def strip_quoted(text: str) -> str:
     return "\n".join(kept).strip()
 
 
+def _clean(text: str) -> str:
+    """Text a ticket can hold: raw 8-bit header bytes (kept by the parser as lone surrogates) read as UTF-8,
+    and no NUL, which PostgreSQL refuses: a mail is not refused for a stray byte."""
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text.replace("\x00", "")
+
+
+def _decoded(part: MIMEPart) -> str:
+    """A text part; a charset Python does not know ('x-unknown', 'unknown-8bit') is read as UTF-8."""
+    try:
+        return str(part.get_content())
+    except LookupError:
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
+
+
 def _text(msg: EmailMessage) -> str:
     part = msg.get_body(preferencelist=("plain", "html"))
     if part is None:
         return ""
-    content = str(part.get_content())
+    content = _decoded(part)
     if part.get_content_type() == "text/html":
         content = re.sub(r"<[^>]+>", " ", re.sub(r"(?is)<(script|style).*?</\1>", " ", content))
     return content
@@ -76,10 +96,11 @@ def _attachments(msg: EmailMessage) -> list[dict[str, Any]]:
     out = []
     for part in msg.iter_attachments():
         payload = part.get_payload(decode=True)
+        content_type = part.get_content_type()
         out.append(
             {
-                "filename": (part.get_filename() or "unnamed")[:255],
-                "content_type": part.get_content_type(),
+                "filename": _clean(part.get_filename() or "").strip()[:255] or "unnamed",
+                "content_type": content_type if _CONTENT_TYPE.fullmatch(content_type) else "application/octet-stream",
                 "size_bytes": len(payload) if isinstance(payload, bytes) else 0,
             }
         )
@@ -122,32 +143,61 @@ def thread_of(msg: EmailMessage) -> str | None:
     return parse_ticket_id(found.group(1)) if found else None
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What the intake takes from a mail, all read before Temporal is called: a mail that cannot be read is
+    refused for good (550), a failure to store one that could be read is transient (451)."""
+
+    message_id: str
+    name: str
+    address: str
+    subject: str
+    body: str
+    attachments: list[dict[str, Any]]
+    thread: str | None  # the ticket the mail answers
+    bounce: tuple[str | None, str] | None  # a delivery report: the bounced Message-ID and the diagnostic
+
+
+def read(msg: EmailMessage) -> Reading:
+    """Everything the intake needs from `msg`; raises only on MIME that no retry would read better."""
+    name, address = (getaddresses([str(msg.get("From", ""))]) or [("", "")])[0]  # the first of several authors
+    return Reading(
+        message_id=_clean(str(msg.get("Message-ID") or "")).strip() or f"<{uuid.uuid4().hex}@intake.ticketflow>",
+        name=" ".join(_clean(name).split())[:200],
+        address=address,
+        subject=" ".join(_clean(str(msg.get("Subject", ""))).split())[:500] or "(no subject)",
+        body=strip_quoted(_clean(_text(msg)))[:MAX_BODY] or "(no text)",
+        attachments=_attachments(msg),
+        thread=thread_of(msg),
+        bounce=bounced_message(msg) if is_bounce(msg) else None,
+    )
+
+
 class MailIntake:
     def __init__(self, tickets: TicketClient) -> None:
         self.tickets = tickets
 
     async def ingest(self, msg: EmailMessage) -> Ingested:
-        if is_bounce(msg):
-            return await self._bounce(msg)
-        message_id = str(msg.get("Message-ID") or "").strip() or f"<{uuid.uuid4().hex}@intake.ticketflow>"
-        name, address = parseaddr(str(msg.get("From", "")))
-        body = strip_quoted(_text(msg))[:MAX_BODY] or "(no text)"
-        ticket_id = thread_of(msg)
+        return await self._store(read(msg))
+
+    async def _store(self, mail: Reading) -> Ingested:
+        if mail.bounce is not None:
+            return await self._bounce(*mail.bounce)
+        ticket_id = mail.thread
         if ticket_id is not None:
             try:
-                await self.tickets.customer_reply(ticket_id, body, external_message_id=message_id)
+                await self.tickets.customer_reply(ticket_id, mail.body, external_message_id=mail.message_id)
                 return Ingested("reply", ticket_id)
             except DuplicateMessage:
                 return Ingested("duplicate_reply", ticket_id)
             except (InvalidTransition, TicketNotFound):  # closed (or long gone): a follow-up that links it
-                follow_up = await self._open(msg, message_id, name, address, body, [f"follow-up:{ticket_id}"])
+                follow_up = await self._open(mail, [f"follow-up:{ticket_id}"])
                 return Ingested("follow_up", follow_up.ticket_id)
-        opened = await self._open(msg, message_id, name, address, body, [])
+        opened = await self._open(mail, [])
         return opened
 
-    async def _bounce(self, msg: EmailMessage) -> Ingested:
+    async def _bounce(self, original: str | None, diagnostic: str) -> Ingested:
         """A delivery report about one of our mails: recorded on its ticket, never a ticket itself."""
-        original, diagnostic = bounced_message(msg)
         found = _OUR_ID.fullmatch(original or "")
         if original is None or found is None:
             log.warning("a delivery report about a message that is not ours (%s): dropped", original)
@@ -160,18 +210,15 @@ class MailIntake:
             return Ingested("late_bounce", ticket_id)
         return Ingested("bounce", ticket_id)
 
-    async def _open(
-        self, msg: EmailMessage, message_id: str, name: str, address: str, body: str, tags: list[str]
-    ) -> Ingested:
-        subject = " ".join(str(msg.get("Subject", "")).split())[:500] or "(no subject)"
+    async def _open(self, mail: Reading, tags: list[str]) -> Ingested:
         opened = await self.tickets.open(
             {
-                "subject": subject,
-                "body": body,
-                "customer": {"name": name or address.split("@")[0] or "unknown", "email": address},
+                "subject": mail.subject,
+                "body": mail.body,
+                "customer": {"name": mail.name or mail.address.split("@")[0] or "unknown", "email": mail.address},
                 "channel": "email",
-                "external_message_id": message_id,
-                "attachments": _attachments(msg),
+                "external_message_id": mail.message_id,
+                "attachments": mail.attachments,
                 "tags": tags,
             }
         )
@@ -183,13 +230,20 @@ class MailIntake:
         try:
             msg = email.message_from_bytes(data, policy=email.policy.default)
             assert isinstance(msg, EmailMessage)
-            if not getaddresses([str(msg.get("From", ""))])[0][1]:
+            senders = getaddresses([str(msg.get("From", ""))])  # [] without a From header
+            if not senders or not senders[0][1]:
                 _count("no_sender")
                 return "550 5.1.7 the message has no sender address to answer"
-            result = await self.ingest(msg)
+            mail = read(msg)
+        except Exception as err:  # broken MIME reads the same on every retry: refuse it for good
+            log.warning("unreadable mail refused: %r", err)
+            _count("invalid")
+            return f"550 5.6.0 the message cannot be read ({type(err).__name__})"
+        try:
+            result = await self._store(mail)
         except TicketValidationError as err:
             _count("invalid")
-            return f"550 5.6.0 cannot become a ticket: {str(err)[:400]}"
+            return f"550 5.6.0 cannot become a ticket: {' '.join(str(err).split())[:400]}"
         except Exception:  # Temporal unreachable and the like: the sending server will retry
             log.exception("mail intake failed; answered 451 so the sender retries")
             _count("unavailable")

@@ -77,6 +77,19 @@ def _count(outcome: str) -> None:
     SURVEY_REQUESTS.labels(outcome=outcome).inc()
 
 
+async def _form(request: Request) -> bytes | None:
+    """The form's body, or None past MAX_FORM_BYTES: reading stops there, so a huge body is never held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 9 or int(declared) > MAX_FORM_BYTES):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    return bytes(body)
+
+
 def create_app(tickets: TicketClient, secret: bytes, csat: Csat) -> Starlette:
     env = Environment(autoescape=True)
     page = env.from_string(_PAGE)
@@ -107,8 +120,8 @@ def create_app(tickets: TicketClient, secret: bytes, csat: Csat) -> Starlette:
         if isinstance(claim, HTMLResponse):
             return claim
         _count("form_shown")
-        raw = request.query_params.get("score", "")
-        selected = int(raw) if raw.isdigit() else None
+        # by text, not int(): '²' passes str.isdigit and a 5,000-digit score is over int()'s limit
+        selected = {str(score): score for score, _ in choices()}.get(request.query_params.get("score", ""))
         closes = claim.expires_at.strftime("%Y-%m-%d %H:%M UTC")
         return render(
             200,
@@ -128,8 +141,8 @@ def create_app(tickets: TicketClient, secret: bytes, csat: Csat) -> Starlette:
         claim = claim_of(token)
         if isinstance(claim, HTMLResponse):
             return claim
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
+        body = await _form(request)
+        if body is None:
             _count("invalid_form")
             return render(413, "That answer is too long", "Please keep the comment under 2000 characters.")
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
@@ -138,12 +151,11 @@ def create_app(tickets: TicketClient, secret: bytes, csat: Csat) -> Starlette:
         except survey.InvalidToken as err:
             _count("invalid_form")
             return render(400, "Please open the link again", f"{str(err).capitalize()}.")
-        score_raw = form.get("score", "")
         allowed = dict(choices())
-        if not score_raw.isdigit() or int(score_raw) not in allowed:
+        score = {str(s): s for s in allowed}.get(form.get("score", ""))
+        if score is None:
             _count("invalid_form")
             return render(422, "Please choose an answer", f"Choose one of: {', '.join(allowed.values())}.")
-        score = int(score_raw)
         reason = form.get("reason") or None
         if reason is not None and (reason not in csat.bad_reasons or score > 2):
             reason = None  # a reason only explains a bad answer, and only one we offered

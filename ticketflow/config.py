@@ -24,10 +24,14 @@ TIERS = (1, 2, 3, 4)
 Metric = Literal["first_response", "next_reply", "resolution"]
 METRICS: tuple[Metric, ...] = ("first_response", "next_reply", "resolution")
 Hours = Literal["business", "calendar"]
+# Ten years: longer targets, budgets and delays are typos, and far enough out a deadline overflows a datetime.
+MAX_MINUTES = 10 * 366 * 24 * 60
+Minutes = Annotated[float, Field(gt=0, le=MAX_MINUTES)]
 
 
 class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf or nan: "inf" is valid TOML and greater than 0, but no deadline can be placed at it
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Agent(_Cfg):
@@ -59,7 +63,7 @@ class Department(_Cfg):
     signature: str = ""
     # The signature per customer language (en, de, ...); `signature` is used for any other language.
     signatures: dict[str, str] = Field(default_factory=dict)
-    csat_delay_minutes: float | None = Field(default=None, ge=0)  # this department's survey delay
+    csat_delay_minutes: float | None = Field(default=None, ge=0, le=MAX_MINUTES)  # this department's survey delay
     agents: list[Agent] = Field(min_length=1)
 
     def signature_for(self, lang: str) -> str:
@@ -72,7 +76,7 @@ class Department(_Cfg):
 class Tier(_Cfg):
     level: int
     name: str
-    budget_minutes: int = Field(gt=0)
+    budget_minutes: int = Field(gt=0, le=MAX_MINUTES)
 
     @property
     def budget(self) -> timedelta:
@@ -80,9 +84,9 @@ class Tier(_Cfg):
 
 
 class SlaTarget(_Cfg):
-    first_response_minutes: float = Field(gt=0)
-    next_reply_minutes: float | None = Field(default=None, gt=0)
-    resolution_minutes: float = Field(gt=0)
+    first_response_minutes: Minutes
+    next_reply_minutes: Minutes | None = None
+    resolution_minutes: Minutes
     hours: Hours | None = None  # overrides sla.hours for this priority
 
 
@@ -94,10 +98,10 @@ class SlaOverride(_Cfg):
     departments: list[Key] = Field(default_factory=list)
     customer_types: list[CustomerType] = Field(default_factory=list)
     priorities: list[Priority] = Field(default_factory=list)
-    factor: float | None = Field(default=None, gt=0)  # scales every target
-    first_response_minutes: float | None = Field(default=None, gt=0)
-    next_reply_minutes: float | None = Field(default=None, gt=0)
-    resolution_minutes: float | None = Field(default=None, gt=0)
+    factor: float | None = Field(default=None, gt=0, le=10)  # scales every target
+    first_response_minutes: Minutes | None = None
+    next_reply_minutes: Minutes | None = None
+    resolution_minutes: Minutes | None = None
     hours: Hours | None = None
 
     def matches(self, department: str, priority: Priority, customer_type: CustomerType | None) -> bool:
@@ -220,7 +224,7 @@ class Condition(_Cfg):
                 raise ValueError(f"condition on {self.field}: 'regex' needs one pattern")
             try:
                 _re.compile(self.value)
-            except _re.error as e:
+            except (_re.error, RecursionError, OverflowError) as e:  # too deeply nested, a{99999999999}
                 raise ValueError(f"condition on {self.field}: bad regex {self.value!r}: {e}") from e
         if self.op == "between" and (self.field != "hour" or not isinstance(self.value, list) or len(self.value) != 2):
             raise ValueError("'between' is for hour, with [from, to) hours (to < from wraps midnight)")
@@ -253,9 +257,9 @@ class Csat(_Cfg):
     minute are allowed. `scale` is "1-5" or "good_bad" (stored as 5 and 1); a bad answer (1-2) may
     carry one of `bad_reasons`."""
 
-    delay_minutes: float = Field(default=60, ge=0)
-    window_minutes: float = Field(default=7 * 24 * 60, gt=0)
-    reminder_minutes: float | None = Field(default=3 * 24 * 60, gt=0)
+    delay_minutes: float = Field(default=60, ge=0, le=MAX_MINUTES)
+    window_minutes: Minutes = 7 * 24 * 60
+    reminder_minutes: Minutes | None = 3 * 24 * 60
     scale: Literal["1-5", "good_bad"] = "1-5"
     bad_reasons: list[str] = Field(
         default_factory=lambda: ["slow_response", "not_resolved", "unfriendly", "had_to_repeat", "other"]
@@ -274,7 +278,7 @@ class Csat(_Cfg):
 class Pending(_Cfg):
     """While a ticket waits on the customer, remind them once after `reminder_minutes` (None: never)."""
 
-    reminder_minutes: float | None = Field(default=2 * 24 * 60, gt=0)
+    reminder_minutes: Minutes | None = 2 * 24 * 60
 
 
 class Classifier(_Cfg):
@@ -346,11 +350,17 @@ class Config(_Cfg):
 
 def load_config(path: Path | None = None) -> Config:
     """Load and validate a policy file; a bad file raises with every field error named."""
-    if path is None:
-        text = resources.files("ticketflow").joinpath("default_config.toml").read_text("utf-8")
-    else:
-        text = Path(path).read_text("utf-8")
-    return Config.model_validate(tomllib.loads(text))
+    try:
+        if path is None:
+            text = resources.files("ticketflow").joinpath("default_config.toml").read_text("utf-8")
+        else:
+            text = Path(path).read_text("utf-8")
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except (ValueError, RecursionError) as err:  # not UTF-8, nested too deeply, an integer of 4,300+ digits
+        raise tomllib.TOMLDecodeError(f"{path or 'the default policy'} is not valid TOML: {err}") from None
+    return Config.model_validate(data)
 
 
 @lru_cache(maxsize=1)
@@ -388,6 +398,7 @@ class Settings(BaseSettings):
     survey_url: str = "http://127.0.0.1:8089"  # public base URL of the survey pages, used in survey links
     survey_secret: SecretStr | None = None  # HMAC key of survey links; `ticketflow dev` keeps one in .state
     model_dir: Path | None = None  # a model from `ticketflow train`; categorisation uses it after the rules
+    codec_keys: SecretStr | None = None  # "keyid:base64key,..." encrypts payloads (ticketflow.codec); first encrypts
 
     def policy(self) -> Config:
         return load_config(self.config_file) if self.config_file else default_config()

