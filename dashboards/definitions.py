@@ -7,6 +7,8 @@ report. Counters and histograms come from Prometheus; panels that need exact per
 
 from __future__ import annotations
 
+from typing import Any
+
 from dashboards.builder import Dashboard, Panel, Query, Row, Variable
 
 DEPT = 'department=~"$department"'
@@ -30,6 +32,14 @@ BUCKET = Variable("bucket", "Period", "day,week,month", "custom", multi=False)
 
 GOOD_IS_HIGH = [(None, "red"), (90.0, "orange"), (95.0, "green")]
 GOOD_IS_LOW = [(None, "green"), (1.0, "orange"), (5.0, "red")]
+
+
+HBAR = {"orientation": "horizontal", "displayMode": "gradient"}
+
+
+def bars(title: str, expr: str, legend: str, description: str = "", **options: Any) -> Panel:
+    """A horizontal bar per series, at the end of the range: the shape of most "by X" panels."""
+    return Panel(title, "bargauge", [prom(expr, legend, instant=True)], description, options=HBAR, **options)
 
 
 def prom(expr: str, legend: str = "", *, instant: bool = False, heatmap: bool = False) -> Query:
@@ -138,18 +148,11 @@ OPERATIONS = Dashboard(
                     [prom(f"sum by (status) (ticketflow_backlog_tickets{{{DEPT},{PRIO}}})", "{{status}}")],
                     width=8,
                 ),
-                Panel(
+                bars(
                     "Open backlog by department",
-                    "bargauge",
-                    [
-                        prom(
-                            f"sum by (department) (ticketflow_backlog_tickets{{{OPEN},{DEPT},{PRIO}}})",
-                            "{{department}}",
-                            instant=True,
-                        )
-                    ],
+                    f"sum by (department) (ticketflow_backlog_tickets{{{OPEN},{DEPT},{PRIO}}})",
+                    "{{department}}",
                     width=8,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
             ],
         ),
@@ -320,18 +323,11 @@ SLA = Dashboard(
                     thresholds=GOOD_IS_HIGH,
                     options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
-                Panel(
+                bars(
                     "At risk by department",
-                    "bargauge",
-                    [
-                        prom(
-                            f"sum by (department) (ticketflow_backlog_at_risk_tickets{{{DEPT},{PRIO}}})",
-                            "{{department}}",
-                            instant=True,
-                        )
-                    ],
+                    f"sum by (department) (ticketflow_backlog_at_risk_tickets{{{DEPT},{PRIO}}})",
+                    "{{department}}",
                     width=8,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
                 Panel(
                     "Breaches and reminders by metric",
@@ -365,36 +361,22 @@ SLA = Dashboard(
                     unit="s",
                     width=12,
                 ),
-                Panel(
+                bars(
                     "First response p90 by department (calendar time)",
-                    "bargauge",
-                    [
-                        prom(
-                            "histogram_quantile(0.9, sum by (le, department) (increase(ticketflow_first_response_"
-                            f'seconds_bucket{{time="calendar",{DEPT},{PRIO}}}[$__range])))',
-                            "{{department}}",
-                            instant=True,
-                        )
-                    ],
+                    "histogram_quantile(0.9, sum by (le, department) (increase(ticketflow_first_response_"
+                    f'seconds_bucket{{time="calendar",{DEPT},{PRIO}}}[$__range])))',
+                    "{{department}}",
                     "What the customer waited, nights and weekends included.",
                     unit="s",
                     width=12,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
-                Panel(
+                bars(
                     "Resolution p90 by priority (calendar time)",
-                    "bargauge",
-                    [
-                        prom(
-                            "histogram_quantile(0.9, sum by (le, priority) (increase(ticketflow_resolution_"
-                            f'seconds_bucket{{time="calendar",{DEPT},{PRIO}}}[$__range])))',
-                            "{{priority}}",
-                            instant=True,
-                        )
-                    ],
+                    "histogram_quantile(0.9, sum by (le, priority) (increase(ticketflow_resolution_"
+                    f'seconds_bucket{{time="calendar",{DEPT},{PRIO}}}[$__range])))',
+                    "{{priority}}",
                     unit="s",
                     width=12,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
             ],
         ),
@@ -444,32 +426,18 @@ ESCALATIONS = Dashboard(
                     width=4,
                     decimals=0,
                 ),
-                Panel(
+                bars(
                     "Moves by tier",
-                    "bargauge",
-                    [
-                        prom(
-                            f"sum by (from_tier, to_tier) (increase(ticketflow_escalations_total{{{DEPT}}}[$__range]))",
-                            "L{{from_tier}} → L{{to_tier}}",
-                            instant=True,
-                        )
-                    ],
+                    f"sum by (from_tier, to_tier) (increase(ticketflow_escalations_total{{{DEPT}}}[$__range]))",
+                    "L{{from_tier}} → L{{to_tier}}",
                     width=10,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
-                Panel(
+                bars(
                     "Moves by cause",
-                    "bargauge",
-                    [
-                        prom(
-                            f"sum by (cause) (increase(ticketflow_escalations_total{{{DEPT}}}[$__range]))",
-                            "{{cause}}",
-                            instant=True,
-                        )
-                    ],
+                    f"sum by (cause) (increase(ticketflow_escalations_total{{{DEPT}}}[$__range]))",
+                    "{{cause}}",
                     "timer: a tier's budget ran out; breach: an SLA breach moved it up; manual: an agent.",
                     width=10,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
                 Panel(
                     "Escalation rate by department",
@@ -483,18 +451,11 @@ ESCALATIONS = Dashboard(
                     unit="reqps",
                     width=12,
                 ),
-                Panel(
+                bars(
                     "Open tickets by tier",
-                    "bargauge",
-                    [
-                        prom(
-                            f"sum by (tier) (ticketflow_backlog_tickets{{{OPEN},{DEPT},{PRIO}}})",
-                            "L{{tier}}",
-                            instant=True,
-                        )
-                    ],
+                    f"sum by (tier) (ticketflow_backlog_tickets{{{OPEN},{DEPT},{PRIO}}})",
+                    "L{{tier}}",
                     width=12,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
             ],
         ),
@@ -607,53 +568,32 @@ CSAT = Dashboard(
                     width=12,
                     options={"orientation": "vertical", "displayMode": "basic"},
                 ),
-                Panel(
+                bars(
                     "Average score by department",
-                    "bargauge",
-                    [
-                        prom(
-                            f"sum by (department) (increase(ticketflow_csat_score_sum{{{DEPT}}}[$__range])) / "
-                            f"sum by (department) (increase(ticketflow_csat_score_count{{{DEPT}}}[$__range]))",
-                            "{{department}}",
-                            instant=True,
-                        )
-                    ],
+                    f"sum by (department) (increase(ticketflow_csat_score_sum{{{DEPT}}}[$__range])) / "
+                    f"sum by (department) (increase(ticketflow_csat_score_count{{{DEPT}}}[$__range]))",
+                    "{{department}}",
                     width=12,
                     min=1,
                     max=5,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
-                Panel(
+                bars(
                     "Average score by agent",
-                    "bargauge",
-                    [
-                        prom(
-                            f'sum by (agent) (increase(ticketflow_csat_score_sum{{{DEPT},agent!=""}}[$__range])) / '
-                            f'sum by (agent) (increase(ticketflow_csat_score_count{{{DEPT},agent!=""}}[$__range]))',
-                            "{{agent}}",
-                            instant=True,
-                        )
-                    ],
+                    f'sum by (agent) (increase(ticketflow_csat_score_sum{{{DEPT},agent!=""}}[$__range])) / '
+                    f'sum by (agent) (increase(ticketflow_csat_score_count{{{DEPT},agent!=""}}[$__range]))',
+                    "{{agent}}",
                     width=12,
                     min=1,
                     max=5,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
-                Panel(
+                bars(
                     "Average score by tier",
-                    "bargauge",
-                    [
-                        prom(
-                            f"sum by (tier) (increase(ticketflow_csat_score_sum{{{DEPT}}}[$__range])) / "
-                            f"sum by (tier) (increase(ticketflow_csat_score_count{{{DEPT}}}[$__range]))",
-                            "L{{tier}}",
-                            instant=True,
-                        )
-                    ],
+                    f"sum by (tier) (increase(ticketflow_csat_score_sum{{{DEPT}}}[$__range])) / "
+                    f"sum by (tier) (increase(ticketflow_csat_score_count{{{DEPT}}}[$__range]))",
+                    "L{{tier}}",
                     width=12,
                     min=1,
                     max=5,
-                    options={"orientation": "horizontal", "displayMode": "gradient"},
                 ),
             ],
         ),

@@ -17,7 +17,6 @@ import hmac
 import json
 import logging
 import os
-import signal
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
@@ -30,7 +29,7 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payloads
 from temporalio.converter import PayloadCodec
 
-from starter.serving import AsgiServer
+from starter.serving import AsgiServer, run_until_signal
 from ticketflow.codec import AesGcmCodec, CodecDecodeError, CodecKeyError
 from ticketflow.config import Settings
 
@@ -185,15 +184,7 @@ class CodecServer(AsgiServer):
 
 
 async def _serve(server: CodecServer) -> None:
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
+    await run_until_signal(await server.start())
 
 
 def codec_server(

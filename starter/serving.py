@@ -20,7 +20,11 @@ class Stoppable(Protocol):
 
 async def serve_until_signal(settings: Settings, start: Callable[[TicketClient], Awaitable[Stoppable]]) -> None:
     tickets = await TicketClient.connect(settings.temporal_address, settings.temporal_namespace, settings.task_queue)
-    server = await start(tickets)
+    await run_until_signal(await start(tickets))
+
+
+async def run_until_signal(server: Stoppable) -> None:
+    """Keep a started server up until SIGTERM or SIGINT, then stop it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

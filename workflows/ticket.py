@@ -343,13 +343,7 @@ class TicketWorkflow:
         if top >= 1.0:
             clock.breached = True
             s.sla_breached = True
-            await self._record(
-                "sla_breach",
-                SYSTEM,
-                detail,
-                update={"sla_breached": True},
-                sla=[self._event(clock, "breached", now, fraction=1.0)],
-            )
+            await self._record_breach(clock, detail, now)
             for to in ("assignee", "lead"):
                 await self._notify_staff("sla_breach", to, detail)
             if not s.sla_v2 or s.policy is None:
@@ -488,13 +482,16 @@ class TicketWorkflow:
                 "elapsed_seconds": round(clock.elapsed(now, self._cal), 3),
                 "noticed": "when the clock was met",
             }
-            await self._record(
-                "sla_breach",
-                SYSTEM,
-                detail,
-                update={"sla_breached": True},
-                sla=[self._event(clock, "breached", now, fraction=1.0)],
-            )
+            await self._record_breach(clock, detail, now)
+
+    async def _record_breach(self, clock: SlaClock, detail: dict[str, Any], now: datetime) -> None:
+        await self._record(
+            "sla_breach",
+            SYSTEM,
+            detail,
+            update={"sla_breached": True},
+            sla=[self._event(clock, "breached", now, fraction=1.0)],
+        )
 
     def _fulfil(self, metrics: tuple[str, ...], now: datetime) -> list[SlaEvent]:
         events = []
