@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,21 @@ def make_worker(
             yield acts
 
     return factory
+
+
+async def resolved_with_survey(env: WorkflowEnvironment, tickets: Any, smtp: SmtpSink) -> tuple[str, str]:
+    """A ticket replied to, resolved, and past its survey delay: its id and the token of its survey link."""
+    import re
+
+    from tests.factories import ticket
+    from ticketflow.models import Status
+
+    tid = (await tickets.open(ticket())).ticket_id
+    await tickets.wait_for(tid, Status.OPEN)
+    await tickets.reply(tid, "anna", "Fixed.")
+    await tickets.resolve(tid, "anna")
+    await env.sleep(timedelta(minutes=61))
+    (mail,) = [m for m in smtp.messages if f"#{tid}" in m.subject and "How did we do" in m.subject]
+    link = re.search(r"http://survey\.test/survey/([^?\s]+)\?score=5", mail.text())
+    assert link, mail.text()
+    return tid, link.group(1)

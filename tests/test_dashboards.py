@@ -166,7 +166,9 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
                     "customer": {"name": "Dana", "email": "dana@example.com"},
                 }
                 assert (await web.post("/tickets", json=good)).status_code == 201
-            for wave in range(2):  # two waves, so every counter moves across several scrapes
+            # Prometheus scrapes each second in real time: two waves a few seconds apart let every counter
+            # move across several scrapes (a sleep for a real component, not for a timer)
+            for wave in range(2):
                 result = await run_demo(tickets, 20, Console(file=io.StringIO()), seed=int(uuid.uuid4().int % 10_000))
                 assert result.opened == 20, f"wave {wave}: {result}"
                 await asyncio.sleep(2)

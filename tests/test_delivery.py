@@ -24,6 +24,7 @@ from ticketflow.models import Status
 from worker import build_worker
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+# A real relay down for real seconds (the retries it provokes are the point; the dev server runs real time).
 OUTAGE_SECONDS = 12  # long enough for several failed attempts with backoff; the chaos suite holds it 60 s
 
 

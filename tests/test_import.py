@@ -129,7 +129,6 @@ async def test_import_interrupted_and_resumed_opens_each_ticket_once(
     assert imported_acks == []  # migrated customers are not acknowledged again
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/datasets is not beside the project")
 def test_the_shared_export_maps_cleanly() -> None:
     mapping = ColumnMapping()
     with SHARED.open(newline="", encoding="utf-8") as fh:

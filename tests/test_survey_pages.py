@@ -20,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from starter.client import TicketClient
 from starter.smtp_sink import SmtpSink
 from starter.survey_pages import create_app
-from tests.conftest import SURVEY_SECRET, WorkerFactory, start_time_skipping, wall_clock
+from tests.conftest import SURVEY_SECRET, WorkerFactory, resolved_with_survey, start_time_skipping, wall_clock
 from tests.factories import ticket
 from ticketflow import survey
 from ticketflow.config import Config, default_config
@@ -50,15 +50,8 @@ async def resolved(
     """A resolved ticket whose survey went out; yields the client, the ticket id and the survey link."""
     tickets = TicketClient(ts_client, task_queue)
     async with make_worker(ts_client, task_queue):
-        tid = (await tickets.open(ticket())).ticket_id
-        await tickets.wait_for(tid, Status.OPEN)
-        await tickets.reply(tid, "anna", "Fixed.")
-        await tickets.resolve(tid, "anna")
-        await ts_env.sleep(timedelta(minutes=61))
-        (mail,) = [m for m in smtp.messages if f"#{tid}" in m.subject and "How did we do" in m.subject]
-        link = re.search(r"http://survey\.test(/survey/[^?\s]+)\?score=5", mail.text())
-        assert link, mail.text()
-        yield tickets, tid, link.group(1)
+        tid, token = await resolved_with_survey(ts_env, tickets, smtp)
+        yield tickets, tid, f"/survey/{token}"
 
 
 def web(tickets: TicketClient, config: Config) -> httpx.AsyncClient:

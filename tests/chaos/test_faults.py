@@ -13,6 +13,11 @@ outbox recorded as interrupted, the one window SMTP cannot close); every SLA tim
 log has no gap or duplicate; every business counter equals its rows. A summary table is printed.
 
 Bounded: the policy runs SLA targets of seconds, so the whole suite takes about five minutes.
+
+The waits here are wall-clock faults, not timer tests: an outage of a real server lasts real seconds
+(PostgreSQL 30 s, SMTP 60 s, as the issue asks), and a few seconds between faults let work be in flight
+when the next one hits. No assertion depends on a sleep being long enough: every check runs after each
+ticket has been worked to its end, and every wait for a state polls with a deadline.
 """
 
 from __future__ import annotations
