@@ -19,7 +19,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from starter.access_cli import AsOption, cli_viewer, denied
 from starter.client import (
+    AccessDenied,
     InvalidTransition,
     TicketClient,
     TicketError,
@@ -30,6 +32,7 @@ from starter.codec_server import codec_server
 from starter.dashboards_cli import dashboards_app
 from starter.reports import report
 from starter.serving import Stoppable
+from ticketflow.access import Viewer
 from ticketflow.codec import CodecKeyError
 from ticketflow.config import Settings
 from ticketflow.models import Priority, RateRequest, Status, TicketState
@@ -46,13 +49,13 @@ T = TypeVar("T")
 # --- plumbing -----------------------------------------------------------------------------------------
 
 
-def _run(factory: Callable[[TicketClient], Awaitable[T]]) -> T:
+def _run(factory: Callable[[TicketClient], Awaitable[T]], viewer: Viewer | None = None) -> T:
     settings = Settings()
 
     async def go() -> T:
         try:
             client = await TicketClient.connect(
-                settings.temporal_address, settings.temporal_namespace, settings.task_queue
+                settings.temporal_address, settings.temporal_namespace, settings.task_queue, viewer=viewer
             )
         except ConnectionError as err:
             err_console.print(f"[red]error:[/] {err}\n(is `ticketflow dev` or a Temporal server running?)")
@@ -70,6 +73,8 @@ def _run(factory: Callable[[TicketClient], Awaitable[T]]) -> T:
     except InvalidTransition as err:
         err_console.print(f"[red]not allowed:[/] {err}")
         raise typer.Exit(1) from None
+    except AccessDenied as err:
+        raise denied(err) from None
     except (TicketError, ValueError) as err:
         err_console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
@@ -428,9 +433,9 @@ def import_tickets(
 
 
 @app.command()
-def show(ticket: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def show(ticket: str, as_json: Annotated[bool, typer.Option("--json")] = False, as_: AsOption = None) -> None:
     """Show a ticket's full state: routing, SLA clocks, escalations, ratings."""
-    _print_state(_run(lambda c: c.get(ticket)), as_json)
+    _print_state(_run(lambda c: c.get(ticket), cli_viewer(as_, Settings())), as_json)
 
 
 @app.command()
@@ -579,9 +584,11 @@ def list_tickets(
     due_within: Annotated[str | None, typer.Option(help="SLA due within e.g. 30m, 2h.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_: AsOption = None,
 ) -> None:
     """List tickets through Temporal visibility (search attributes)."""
     window = parse_duration(due_within) if due_within else None
+    viewer = cli_viewer(as_, Settings())
     rows = _run(
         lambda c: c.list(
             limit=limit,
@@ -592,7 +599,8 @@ def list_tickets(
             min_tier=min_tier,
             breached=breached,
             due_within=window,
-        )
+        ),
+        viewer,
     )
     if as_json:
         console.print_json(json.dumps([r.model_dump(mode="json") for r in rows]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -24,7 +24,8 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from ticketflow import contract, search
+from ticketflow import access, contract, search
+from ticketflow.access import Viewer
 from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import (
     AgentReply,
@@ -75,6 +76,10 @@ class DuplicateAnswer(TicketError):
     """This survey form was already submitted: nothing was recorded again."""
 
 
+class AccessDenied(TicketError, access.AccessDenied):
+    """The client's viewer may not see this ticket or department (see ticketflow.access)."""
+
+
 class TicketValidationError(TicketError, ValueError):
     def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
         super().__init__(message)
@@ -121,10 +126,16 @@ def visibility_query(
     due_within: timedelta | None = None,
     now: datetime | None = None,
     running_only: bool = False,
+    departments: Sequence[str] | None = None,
 ) -> str:
+    """`departments` restricts to a set (a viewer's scope); it must not be empty, which no query can say."""
     parts = [f"WorkflowType = {_quote(contract.WORKFLOW_TYPE)}"]
     if department:
         parts.append(f"{search.DEPARTMENT.name} = {_quote(department)}")
+    if departments is not None:
+        if not departments:
+            raise ValueError("departments must name at least one department")
+        parts.append(f"{search.DEPARTMENT.name} IN ({', '.join(_quote(d) for d in departments)})")
     if status:
         parts.append(f"{search.TICKET_STATUS.name} = {_quote(str(Status(status)))}")
     if priority:
@@ -144,15 +155,28 @@ def visibility_query(
 
 
 class TicketClient:
-    def __init__(self, client: Client, task_queue: str = "ticketflow") -> None:
+    """Without a viewer the client acts as an operator and sees every ticket. With one (an agent or lead,
+    ticketflow.access), reading and acting are limited to the viewer's departments."""
+
+    def __init__(self, client: Client, task_queue: str = "ticketflow", *, viewer: Viewer | None = None) -> None:
         self.client = client
         self.task_queue = task_queue
+        self.viewer = viewer or Viewer.operator()
 
     @classmethod
     async def connect(
-        cls, address: str = "127.0.0.1:7233", namespace: str = "default", task_queue: str = "ticketflow"
+        cls,
+        address: str = "127.0.0.1:7233",
+        namespace: str = "default",
+        task_queue: str = "ticketflow",
+        *,
+        viewer: Viewer | None = None,
     ) -> TicketClient:
-        return cls(await connect(address, namespace), task_queue)
+        return cls(await connect(address, namespace), task_queue, viewer=viewer)
+
+    def as_viewer(self, viewer: Viewer) -> TicketClient:
+        """The same connection, scoped to `viewer`'s departments."""
+        return TicketClient(self.client, self.task_queue, viewer=viewer)
 
     # --- opening ------------------------------------------------------------------------------------
 
@@ -200,9 +224,19 @@ class TicketClient:
             raise TicketNotFound(str(err)) from None
 
     async def get(self, ticket_id: str) -> TicketState:
-        return await self._call(ticket_id, lambda h: h.query(contract.STATE_QUERY, result_type=TicketState))
+        state: TicketState = await self._call(
+            ticket_id, lambda h: h.query(contract.STATE_QUERY, result_type=TicketState)
+        )
+        self._check(ticket_id, state)
+        return state
 
     async def list(self, *, limit: int = 50, **filters: Any) -> list[TicketSummary]:
+        if not self.viewer.is_operator:
+            department = filters.pop("department", None)
+            scope = self._scope([department] if department else None)
+            if not scope:  # a viewer without departments sees nothing (and `IN ()` is no query)
+                return []
+            filters["departments"] = scope
         query = visibility_query(**filters)
         out: list[TicketSummary] = []
         async for wf in self.client.list_workflows(query, limit=limit):
@@ -226,7 +260,9 @@ class TicketClient:
     async def final_state(self, ticket_id: str) -> TicketState:
         """Wait until the ticket's workflow completes (the ticket is closed) and return its last state."""
         handle = self.client.get_workflow_handle(workflow_id(ticket_id), result_type=TicketState)
-        return await self._call(ticket_id, lambda _: handle.result())
+        state: TicketState = await self._call(ticket_id, lambda _: handle.result())
+        self._check(ticket_id, state)  # by the department it closed in
+        return state
 
     async def wait_for(
         self, ticket_id: str, status: Status | str, within: float = 30.0, poll: float = 0.2
@@ -330,7 +366,21 @@ class TicketClient:
                 f"invalid {name}: {validation_message(err)}",
                 err.errors(include_url=False, include_context=False, include_input=False),  # type: ignore[arg-type]
             ) from None
+        if not self.viewer.is_operator:
+            await self.get(ticket_id)  # an update returns the whole state: a viewer acts on visible tickets only
         return await self._call(ticket_id, lambda h: h.execute_update(name, arg, result_type=TicketState))
+
+    def _check(self, ticket_id: str, state: TicketState) -> None:
+        try:
+            self.viewer.check(ticket_id, state.department)
+        except access.AccessDenied as err:
+            raise AccessDenied(str(err)) from None
+
+    def _scope(self, asked: Sequence[str] | None) -> Sequence[str] | None:
+        try:
+            return self.viewer.scope(asked)
+        except access.AccessDenied as err:
+            raise AccessDenied(str(err)) from None
 
     @staticmethod
     async def _closed(handle: WorkflowHandle[Any, Any]) -> bool:

@@ -23,6 +23,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from starter.access_cli import AsOption, cli_viewer, denied
+from ticketflow.access import AccessDenied
 from ticketflow.config import Config, Settings
 
 Bucket = Literal["day", "week", "month"]
@@ -222,7 +224,8 @@ def report(
             "--department",
             "-d",
             metavar="KEY",
-            help="A department key; repeat for several. Omitted: every department with tickets.",
+            help="A department key; repeat for several. Omitted: every department with tickets (with --as, "
+            "every department of that agent or lead).",
         ),
     ] = None,
     by: Annotated[
@@ -248,6 +251,7 @@ def report(
             "otherwise UTC.",
         ),
     ] = None,
+    as_: AsOption = None,
 ) -> None:
     """Department report: created, resolved, reopened, answered, response times, ratings and SLA compliance
     per department and day, week or month, with every period shown even when nothing happened."""
@@ -262,6 +266,11 @@ def report(
                 f"unknown department {', '.join(repr(d) for d in unknown)}; "
                 f"known departments: {', '.join(sorted(config.departments))}"
             )
+    viewer = cli_viewer(as_, settings, config)
+    try:
+        scope = viewer.scope(departments)
+    except AccessDenied as err:
+        raise denied(err) from None
     if tz is not None:
         zone = _zone(tz, "--tz")
     elif departments and len(departments) == 1:
@@ -279,7 +288,8 @@ def report(
     start = datetime.combine(first, time(), tzinfo=zone)
     end = datetime.combine(last + timedelta(days=1), time(), tzinfo=zone)
     try:
-        rows = asyncio.run(_run_report(url, departments, by, start, end, zone.key))
+        # an empty scope (a viewer without departments) must not reach SQL, where no departments means all
+        rows = asyncio.run(_run_report(url, scope, by, start, end, zone.key)) if scope != [] else []
     except UndefinedFunction:
         _fail("department_report() is missing from the database: run a worker once so it applies the migrations")
     except OperationalError as err:
@@ -293,9 +303,12 @@ def report(
     console = Console(markup=False, highlight=False, emoji=False)
     if not console.is_terminal:  # piped or captured: no terminal width to respect, so do not wrap cells
         console.width = max(console.width, 240)
+    if scope == []:
+        console.print(f"Nothing to report: {viewer.describe()} sees no department.")
+        return
     if not rows:
         console.print("No departments with tickets yet.")
         return
-    scope = ", ".join(departments) if departments else "all departments"
-    title = f"Department report: {scope}, {first.isoformat()} to {last.isoformat()}, by {by}, {zone.key}"
+    covered = ", ".join(scope) if scope else "all departments"
+    title = f"Department report: {covered}, {first.isoformat()} to {last.isoformat()}, by {by}, {zone.key}"
     render_table(rows, by, zone, title, console)

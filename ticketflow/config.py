@@ -399,6 +399,8 @@ class Settings(BaseSettings):
     survey_secret: SecretStr | None = None  # HMAC key of survey links; `ticketflow dev` keeps one in .state
     model_dir: Path | None = None  # a model from `ticketflow train`; categorisation uses it after the rules
     codec_keys: SecretStr | None = None  # "keyid:base64key,..." encrypts payloads (ticketflow.codec); first encrypts
+    # `--as` of list/show/report: an agent id or e-mail or a lead's address (ticketflow.access); unset: operator
+    viewer: str | None = Field(default=None, validation_alias="TICKETFLOW_AS")
 
     def policy(self) -> Config:
         return load_config(self.config_file) if self.config_file else default_config()
