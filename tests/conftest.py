@@ -3,6 +3,7 @@ Temporal's time-skipping test server and the Temporal dev server, all from PyPI 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,15 @@ import pytest
 import pytest_asyncio
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from temporalio.client import Client, Interceptor, OutboundInterceptor, StartWorkflowInput, WorkflowHandle
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities import TicketActivities
@@ -24,8 +33,10 @@ from activities.tickets import SurveyLinks
 from starter.admin import register_search_attributes
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port
 from starter.smtp_sink import SmtpSink
+from ticketflow import contract
 from ticketflow.config import Config, default_config
-from ticketflow.models import Priority
+from ticketflow.ids import workflow_id
+from ticketflow.models import Priority, TicketState
 from ticketflow.temporal import DATA_CONVERTER, venv_binary
 from worker import build_worker
 
@@ -118,6 +129,29 @@ class StartRecorder(Interceptor):
         return _Outbound(next)
 
 
+async def mail_settled(client: Client, *ticket_ids: str, within: float = 30) -> None:
+    """Wait until these tickets have handed every notice written so far to the relay (or given up on
+    it): their mail goes out in the background, after the update or timer that wrote it returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    for tid in ticket_ids:
+        try:
+            handle = client.get_workflow_handle(workflow_id(tid))
+        except ValueError:  # not a ticket workflow
+            continue
+        while True:
+            try:
+                state = await handle.query(
+                    contract.STATE_QUERY, result_type=TicketState, rpc_timeout=timedelta(seconds=5)
+                )
+            except (WorkflowQueryFailedError, RPCError):  # gone, failed or never started: nothing in flight
+                break
+            if state.mail_in_flight == 0:
+                break
+            assert loop.time() < deadline, f"ticket {tid}: {state.mail_in_flight} mails still in flight"
+            await asyncio.sleep(0.05)
+
+
 async def terminate_leftovers(client: Client, ids: list[str]) -> None:
     for wid in dict.fromkeys(ids):
         try:
@@ -173,6 +207,11 @@ def make_worker(
         acts = TicketActivities(pool, cfg or config, smtp_settings, survey_links=SURVEY_LINKS)
         async with build_worker(client, task_queue, pool, cfg or config, smtp_settings, activities=acts):
             yield acts
+            # Mail goes out in the background: let it finish while the worker runs, so no test ends with
+            # an activity in flight (the Java test server can stop skipping time after that).
+            recorders = [i for i in client.config()["interceptors"] if isinstance(i, StartRecorder)]
+            ids = [wid for r in recorders for wid in r.ids]
+            await mail_settled(client, *(wid.removeprefix("ticket-") for wid in dict.fromkeys(ids)))
 
     return factory
 
@@ -189,6 +228,7 @@ async def resolved_with_survey(env: WorkflowEnvironment, tickets: Any, smtp: Smt
     await tickets.reply(tid, "anna", "Fixed.")
     await tickets.resolve(tid, "anna")
     await env.sleep(timedelta(minutes=61))
+    await mail_settled(tickets.client, tid)
     (mail,) = [m for m in smtp.messages if f"#{tid}" in m.subject and "How did we do" in m.subject]
     link = re.search(r"http://survey\.test/survey/([^?\s]+)\?score=5", mail.text())
     assert link, mail.text()

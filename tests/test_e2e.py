@@ -24,7 +24,7 @@ from temporalio.client import Client
 from starter.client import TicketClient
 from starter.devstack import TemporalDevServer
 from starter.smtp_sink import SmtpSink
-from tests.conftest import StartRecorder, WorkerFactory, terminate_leftovers
+from tests.conftest import StartRecorder, WorkerFactory, mail_settled, terminate_leftovers
 from tests.factories import ticket
 from ticketflow.config import load_config
 from ticketflow.models import Status
@@ -96,6 +96,7 @@ async def test_cli_open_show_reply_list(
             "status": "open",
             "department": "billing",
         }
+        await mail_settled(dev_client, ticket_id)
         acks = [m for m in smtp.messages if m.message_id == f"<ack.{ticket_id}@ticketflow>"]
         assert len(acks) == 1 and acks[0].rcpt_tos == ["jonas@example.de"]
 

@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.client import TicketClient
 from starter.smtp_sink import SmtpSink
-from tests.conftest import WorkerFactory, wall_clock
+from tests.conftest import WorkerFactory, mail_settled, wall_clock
 from tests.factories import ticket
 from ticketflow.config import Config, default_config
 from ticketflow.models import Status
@@ -67,6 +67,7 @@ async def test_full_lifecycle(
         assert row is not None and row["status"] == "open" and row["department"] == "billing"
         assert row["customer_email"] == "ada@example.com"
 
+        await mail_settled(ts_client, opened.ticket_id)
         acks = [m for m in mails_for(smtp, opened.ticket_id) if "We received your request" in m.subject]
         assert len(acks) == 1
         assert acks[0].rcpt_tos == ["ada@example.com"]
@@ -77,6 +78,7 @@ async def test_full_lifecycle(
         state = await tickets.reply(opened.ticket_id, agent="james", body="Refund issued, sorry about that.")
         assert state.first_response_at is not None
         assert state.sla["first_response"].fulfilled_at is not None
+        await mail_settled(ts_client, opened.ticket_id)
         reply_mail = [m for m in mails_for(smtp, opened.ticket_id) if m.subject.startswith("Re:")]
         assert len(reply_mail) == 1 and "Refund issued" in reply_mail[0].text()
         assert reply_mail[0].message["In-Reply-To"] == f"<ack.{opened.ticket_id}@ticketflow>"
@@ -85,8 +87,10 @@ async def test_full_lifecycle(
         assert state.status == Status.RESOLVED and state.resolutions == 1
 
         await ts_env.sleep(timedelta(minutes=235))  # billing asks 4 hours after (the default is 1 hour)
+        await mail_settled(ts_client, opened.ticket_id)
         assert not [m for m in mails_for(smtp, opened.ticket_id) if "How did we do" in m.subject]
         await ts_env.sleep(timedelta(minutes=6))
+        await mail_settled(ts_client, opened.ticket_id)
         surveys = [m for m in mails_for(smtp, opened.ticket_id) if "How did we do" in m.subject]
         assert len(surveys) == 1
         assert "http://survey.test/survey/" in surveys[0].text()  # a signed link, not "reply with a number"

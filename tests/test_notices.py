@@ -23,7 +23,7 @@ from activities.template_check import check, sample_context
 from starter.cli import app
 from starter.client import InvalidTransition, TicketClient, TicketNotFound
 from starter.smtp_sink import SmtpSink
-from tests.conftest import WorkerFactory, wall_clock
+from tests.conftest import WorkerFactory, mail_settled, wall_clock
 from tests.factories import ticket
 from ticketflow.calendar import BusinessCalendar, next_opening
 from ticketflow.config import Config, default_config
@@ -164,14 +164,18 @@ async def test_one_pending_reminder_per_wait_on_the_customer(
         await tickets.wait_for(tid, Status.OPEN)
         await tickets.reply(tid, "anna", "Which browser do you use?", pend=True)
         await ts_env.sleep(timedelta(hours=47))
+        await mail_settled(ts_client, tid)
         assert mails(smtp, tid, "waiting for your reply") == []
         await ts_env.sleep(timedelta(hours=2))  # 2 days after the ticket started waiting
+        await mail_settled(ts_client, tid)
         assert len(mails(smtp, tid, "waiting for your reply")) == 1
         await ts_env.sleep(timedelta(days=5))
+        await mail_settled(ts_client, tid)
         assert len(mails(smtp, tid, "waiting for your reply")) == 1  # once per wait, not a nag
         await tickets.customer_reply(tid, "Firefox.")
         await tickets.reply(tid, "anna", "And which version?", pend=True)  # a second wait: a second reminder
         await ts_env.sleep(timedelta(hours=49))
+        await mail_settled(ts_client, tid)
         assert len(mails(smtp, tid, "waiting for your reply")) == 2
         await tickets.resolve(tid, "anna")
 
@@ -188,12 +192,16 @@ async def test_one_survey_reminder_when_unanswered_and_none_after_an_answer(
             await tickets.reply(tid, "anna", "Fixed.")
             await tickets.resolve(tid, "anna")
         await ts_env.sleep(timedelta(minutes=61))
+        await mail_settled(ts_client, quiet)
         assert len(mails(smtp, quiet, "How did we do")) == 1
         await tickets.rate(answered, 4)
         await ts_env.sleep(timedelta(days=3, minutes=1))
+        await mail_settled(ts_client, quiet)
         assert len(mails(smtp, quiet, "tell us how we did")) == 1
+        await mail_settled(ts_client, answered)
         assert mails(smtp, answered, "tell us how we did") == []
         await ts_env.sleep(timedelta(days=4))
+        await mail_settled(ts_client, quiet)
         assert len(mails(smtp, quiet, "tell us how we did")) == 1
         assert (await tickets.final_state(quiet)).status == Status.CLOSED
 
@@ -213,12 +221,15 @@ async def test_reopen_within_the_window_and_a_follow_up_after_it(
         await tickets.reply(tid, "anna", "Fixed.")
         await tickets.resolve(tid, "anna")
         await ts_env.sleep(timedelta(minutes=61))
+        await mail_settled(ts_client, tid)
         assert len(mails(smtp, tid, "How did we do")) == 1
         state = await tickets.customer_reply(tid, "It is broken again.")  # within the window: reopens
         assert state.status == Status.OPEN and state.survey_due_at is None and state.close_at is None
         assert state.sla["resolution"].fulfilled_at is None  # the resolution clock runs again
+        await mail_settled(ts_client, tid)
         assert len(mails(smtp, tid, "Reopened")) == 1
         await ts_env.sleep(timedelta(days=4))
+        await mail_settled(ts_client, tid)
         assert mails(smtp, tid, "tell us how we did") == []  # the pending survey's reminder went with it
         await tickets.resolve(tid, "anna")
         await ts_env.sleep(timedelta(days=8))  # the window of the second resolution ends

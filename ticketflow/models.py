@@ -460,6 +460,7 @@ class TicketState(BaseModel):
     sla_v2: bool = False  # business hours, next reply, held notices (patch "sla-business-hours")
     held: list[HeldNotice] = Field(default_factory=list)
     clocks: list[ClockView] = Field(default_factory=list)  # filled in by the state query only
+    mail_in_flight: int = 0  # state query only: notices written but not yet handed to the relay
     recent_message_ids: list[str] = Field(default_factory=list)
     # Patch "customer-notices": pending and survey reminders, the reopen notice, signed survey links.
     notices_v3: bool = False

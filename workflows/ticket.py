@@ -67,6 +67,9 @@ PATCH_NOTICES = "customer-notices"
 # A clock met after its target is recorded as breached even when its timer never got to fire (the
 # workflow was busy, e.g. retrying a notice through an SMTP outage, when the deadline passed).
 PATCH_BREACH_AT_FULFIL = "breach-before-fulfil"
+# Mail goes out from background tasks: a reply or resolve returns at once and the lifecycle's timers
+# run on while the relay is down. Customer mail keeps its order; the run ends only when all is sent.
+PATCH_MAIL_IN_BACKGROUND = "mail-in-background"
 RECENT_SURVEY_NONCES = 20
 EPSILON = 0.001  # seconds: calendar arithmetic is exact to the microsecond, never loop on rounding
 STAFF_TEMPLATES = ("sla_reminder", "sla_breach", "escalation")
@@ -105,6 +108,8 @@ class TicketWorkflow:
         self._lock = asyncio.Lock()
         self._changed = False
         self._published: dict[str, Any] = {}
+        self._mail_in_flight = 0
+        self._customer_mail: asyncio.Task[None] | None = None  # the last customer mail, for ordering
 
     # --- the lifecycle ---------------------------------------------------------------------------
 
@@ -122,11 +127,15 @@ class TicketWorkflow:
                 await self._fire_due_events()
             self._publish_search_attributes()
             if workflow.info().is_continue_as_new_suggested() and not self._closed():
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                await self._quiesce()
                 workflow.continue_as_new(TicketWorkflowInput(resume=self.state))
 
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._quiesce()
         return self.state
+
+    async def _quiesce(self) -> None:
+        """Before the run ends: every handler finished and every mail of this run delivered."""
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self._mail_in_flight == 0)
 
     async def _open(self, raw: dict[str, Any], imported: bool = False) -> None:
         now = workflow.now()
@@ -563,8 +572,8 @@ class TicketWorkflow:
 
     async def _notify(
         self, template: str, to: str, *, key: str | None = None, context: dict[str, Any] | None = None
-    ) -> NotificationResult:
-        return await self._send(self._note(template, to, key, context))
+    ) -> None:
+        await self._send(self._note(template, to, key, context))
 
     def _note(self, template: str, to: str, key: str | None, context: dict[str, Any] | None) -> Notification:
         s = self.state
@@ -576,7 +585,31 @@ class TicketWorkflow:
             context=context or {},
         )
 
-    async def _send(self, note: Notification) -> NotificationResult:
+    async def _send(self, note: Notification) -> None:
+        if not workflow.patched(PATCH_MAIL_IN_BACKGROUND):
+            await self._deliver(note)  # histories from before the patch waited for every mail
+            return
+        after = self._customer_mail if note.to == "customer" else None
+        self._mail_in_flight += 1
+        task = asyncio.create_task(self._deliver_in_background(note, after))
+        if note.to == "customer":
+            self._customer_mail = task
+
+    async def _deliver_in_background(self, note: Notification, after: asyncio.Task[None] | None) -> None:
+        try:
+            if after is not None:
+                await after  # the customer reads our mails in the order we wrote them
+            try:
+                await self._deliver(note)
+            except ActivityError as err:  # nothing retryable left (the ticket row is gone, a bad template)
+                cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err)
+                await self._record(
+                    "notification_failed", SYSTEM, {"template": note.template, "to": note.to, "error": cause}
+                )
+        finally:
+            self._mail_in_flight -= 1
+
+    async def _deliver(self, note: Notification) -> NotificationResult:
         result: NotificationResult = await workflow.execute_activity(
             contract.NOTIFY,
             note,
@@ -638,7 +671,7 @@ class TicketWorkflow:
             )
             for c in clocks
         ]
-        return s.model_copy(update={"clocks": views})
+        return s.model_copy(update={"clocks": views, "mail_in_flight": self._mail_in_flight})
 
     @workflow.update(name=contract.AGENT_REPLY)
     async def agent_reply(self, req: AgentReply) -> TicketState:
