@@ -47,6 +47,7 @@ SELECT coalesce(department, '') AS department, coalesce(priority, '') AS priorit
 FROM tickets WHERE status IN ('new', 'open', 'pending') AND sla_breached
 GROUP BY 1, 2
 """
+_QUARANTINED = "SELECT count(*) AS n FROM quarantine WHERE status = 'held'"
 # Every SLA event of the clocks of open tickets, oldest first, to find which clocks run right now.
 _CLOCKS = """
 SELECT e.ticket_id, e.metric, e.clock_started_at, e.event, e.elapsed_seconds, e.target_seconds, e.business, e.at,
@@ -75,6 +76,7 @@ class Snapshot:
     oldest: dict[str, datetime] = field(default_factory=dict)
     at_risk: dict[tuple[str, str], int] = field(default_factory=dict)
     breached_open: dict[tuple[str, str], int] = field(default_factory=dict)
+    quarantined: int = 0
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     ok: bool = True
 
@@ -136,6 +138,8 @@ class BacklogCollector(Collector):
                 snap.breached_open = {
                     (r["department"], r["priority"]): r["n"] for r in conn.execute(_BREACHED).fetchall()
                 }
+                held = conn.execute(_QUARANTINED).fetchone()
+                snap.quarantined = held["n"] if held else 0
         except psycopg.Error as err:
             log.warning("backlog gauges unavailable: %s", err)
             snap.ok = False
@@ -198,3 +202,9 @@ class BacklogCollector(Collector):
             breached.add_metric(list(key), snap.breached_open.get(key, 0))
         yield at_risk
         yield breached
+        held = GaugeMetricFamily(
+            "ticketflow_quarantine_held",
+            "Payloads that failed after acceptance and wait for an operator (`ticketflow quarantine list`)",
+        )
+        held.add_metric([], snap.quarantined)
+        yield held

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import mail, metrics
+from activities import mail, metrics, quarantine
 from activities.mail import SmtpSettings, Templates
 
 if TYPE_CHECKING:
@@ -127,10 +127,16 @@ class TicketActivities:
             ticket = TicketIn.model_validate(req.raw)
         except ValidationError as err:
             fields = sorted({".".join(str(p) for p in e["loc"][:1]) or "ticket" for e in err.errors()})
+            message = f"invalid ticket: {format_validation_error(err)}"
+            info = activity.info()
+            async with self.pool.connection() as conn, conn.transaction():
+                entry = await quarantine.hold(
+                    conn, "workflow", f"{info.workflow_id}/{info.workflow_run_id}", req.raw, message
+                )
             for f in fields:
                 metrics.INTAKE_REJECTED.labels(reason=f).inc()
             raise ApplicationError(
-                f"invalid ticket: {format_validation_error(err)}",
+                f"{message} (kept in quarantine as #{entry}: ticketflow quarantine show {entry})",
                 err.errors(include_url=False, include_context=False, include_input=False),
                 type=contract.INVALID_TICKET,
                 non_retryable=True,

@@ -177,6 +177,16 @@ OPERATIONS = Dashboard(
                     thresholds=[(None, "red"), (1.0, "green")],
                 ),
                 Panel(
+                    "Quarantined payloads",
+                    "stat",
+                    [prom("max(ticketflow_quarantine_held)")],
+                    "Tickets started with a payload the intake refused, kept for an operator: "
+                    "`ticketflow quarantine list`.",
+                    width=4,
+                    decimals=0,
+                    thresholds=[(None, "green"), (1.0, "orange")],
+                ),
+                Panel(
                     "Task slots in use",
                     "timeseries",
                     [prom("sum by (worker_type) (temporal_worker_task_slots_used)", "{{worker_type}}")],

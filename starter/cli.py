@@ -30,6 +30,7 @@ from starter.client import (
 )
 from starter.codec_server import codec_server
 from starter.dashboards_cli import dashboards_app
+from starter.quarantine_cli import quarantine_app
 from starter.reports import report
 from starter.serving import Stoppable
 from ticketflow.access import Viewer
@@ -542,6 +543,7 @@ def rate(ticket: str, rating: str, comment: Annotated[str, typer.Option()] = "")
 
 
 app.add_typer(dashboards_app, name="dashboards")
+app.add_typer(quarantine_app, name="quarantine")
 app.command("codec-server", help="Decrypt payloads for the Temporal UI/CLI of authorised operators.")(codec_server)
 templates_app = typer.Typer(help="Email templates: check that every one renders in every language.")
 app.add_typer(templates_app, name="templates")
