@@ -250,11 +250,13 @@ OPERATIONS = Dashboard(
                     "timeseries",
                     [
                         prom(
-                            "sum by (activity_type) (increase(temporal_activity_execution_failed[$__rate_interval]))",
+                            "sum by (activity_type) "
+                            '(increase({__name__=~"temporal_(local_)?activity_execution_failed"}[$__rate_interval]))',
                             "{{activity_type}}",
                         )
                     ],
-                    "Failed attempts, retried by Temporal unless non-retryable (invalid tickets).",
+                    "Failed attempts of activities and local activities (the database steps), retried unless "
+                    "non-retryable (invalid tickets).",
                     width=12,
                 ),
                 Panel(

@@ -286,15 +286,24 @@ async def test_failure_messages_with_customer_text_are_encrypted(
     assert f"customer.{bad_field}: Extra inputs are not permitted" in cause.message  # decoded for the key holder
 
     history = await plain.get_workflow_handle(wid).fetch_history()
-    failures = [
-        e.activity_task_failed_event_attributes.failure
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
-    ] + [
-        e.workflow_execution_failed_event_attributes.failure
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
-    ]
+    failures = (
+        [  # the intake's failure: a local activity's marker (an activity event before patch local-steps)
+            e.marker_recorded_event_attributes.failure
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+            and e.marker_recorded_event_attributes.HasField("failure")
+        ]
+        + [
+            e.activity_task_failed_event_attributes.failure
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+        ]
+        + [
+            e.workflow_execution_failed_event_attributes.failure
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+        ]
+    )
     assert len(failures) == 2
     stored = history_bytes(history)
     if encrypt:

@@ -31,7 +31,7 @@ from tests.conftest import SURVEY_LINKS, StartRecorder, start_time_skipping, ter
 from tests.factories import ticket
 from tests.test_replay import HISTORIES, RECORDING_AS
 from ticketflow import contract
-from ticketflow.config import default_config
+from ticketflow.config import SlaOverride, default_config
 from ticketflow.ids import workflow_id
 from ticketflow.models import AgentReply, AuditEntry, Status
 from worker import build_worker
@@ -125,7 +125,11 @@ async def test_a_relay_outage_holds_no_sla_timer(ts_env: WorkflowEnvironment, po
 async def test_a_breach_its_timer_missed_is_recorded_when_the_clock_is_met(
     ts_env: WorkflowEnvironment, pool: Pool, task_queue: str
 ) -> None:
-    config = wall_clock(default_config())
+    base = wall_clock(default_config())
+    # targets of minutes, so the retries of the failing write (one workflow task each) stay few
+    config = base.model_copy(
+        update={"sla": base.sla.model_copy(update={"overrides": [SlaOverride(name="minutes", factor=0.05)]})}
+    )
     acts = OpenedNotWritten(pool, config, SmtpSettings(host="127.0.0.1", port=free_port()), survey_links=SURVEY_LINKS)
     client, recorder = recording_client(ts_env)
     tickets = TicketClient(client, task_queue)
@@ -133,7 +137,7 @@ async def test_a_breach_its_timer_missed_is_recorded_when_the_clock_is_met(
         async with build_worker(client, task_queue, pool, config, acts.smtp, activities=acts):
             tid = (await tickets.open(ticket())).ticket_id
             await tickets.wait_for(tid, Status.OPEN)
-            await ts_env.sleep(timedelta(hours=2))  # past the target, the 'opened' write still retrying
+            await ts_env.sleep(timedelta(minutes=6))  # past the 3-minute target, the 'opened' write still retrying
             before = await tickets.get(tid)
             assert not before.sla["first_response"].breached  # the scenario: the timer never got its turn
             # Take the reply as accepted (the workflow is busy), then watch its records land.
@@ -149,10 +153,11 @@ async def test_a_breach_its_timer_missed_is_recorded_when_the_clock_is_met(
                 await asyncio.sleep(0.3)
             assert state.sla["first_response"].breached and state.sla_breached
             acts.holding = False  # the database heals; the lifecycle catches up with its timers
+            await ts_env.sleep(timedelta(minutes=2))  # the write's next retry is at most a minute away
             while not await audit_has(pool, tid, "opened"):
                 assert asyncio.get_running_loop().time() < deadline + 30
                 await asyncio.sleep(0.3)
-            await ts_env.sleep(timedelta(hours=1))
+            await ts_env.sleep(timedelta(minutes=10))
             history = await handle.fetch_history()
     finally:
         await terminate_leftovers(client, recorder.ids)

@@ -29,7 +29,7 @@ from workflows.ticket import TicketWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded histories are named for the workflow version that produced them; all of them replay.
-RECORDING_AS = "v4-mail-in-background"
+RECORDING_AS = "v5-local-steps"
 
 
 @pytest.fixture(scope="module")
