@@ -212,7 +212,12 @@ class TicketClient:
             )
         except WorkflowAlreadyStartedError:
             return OpenedTicket(ticket_id=tid, workflow_id=wid, duplicate=True)
-        memo = await (await handle.describe()).memo()
+        # Servers that know say in the start response whether this call started the run: no second round
+        # trip for a new ticket. The SDK keeps that response on the handle without a public accessor.
+        response = getattr(handle, "_start_workflow_response", None)
+        if getattr(response, "started", False):
+            return OpenedTicket(ticket_id=tid, workflow_id=wid, duplicate=False)
+        memo = await (await handle.describe()).memo()  # an existing run, or a server that does not say
         return OpenedTicket(ticket_id=tid, workflow_id=wid, duplicate=memo.get("intake_nonce") != nonce)
 
     # --- reading ------------------------------------------------------------------------------------
