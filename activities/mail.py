@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import email.policy
 import logging
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -140,8 +143,48 @@ def build_message(
     return msg
 
 
+REDACTED = "(address)"
+_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+def without_addresses(err: aiosmtplib.SMTPException, addresses: Sequence[str] = ()) -> aiosmtplib.SMTPException:
+    """The same error with every address in its text replaced: codes and the relay's words stay."""
+
+    def scrub(text: str) -> str:
+        for address in sorted(filter(None, addresses), key=len, reverse=True):
+            text = re.sub(re.escape(address), REDACTED, text, flags=re.IGNORECASE)
+        return _ADDRESS.sub(REDACTED, text)
+
+    clean = copy.copy(err)
+    if isinstance(clean, aiosmtplib.SMTPRecipientsRefused):
+        refused = [without_addresses(r, addresses) for r in clean.recipients]
+        clean.recipients = [r for r in refused if isinstance(r, aiosmtplib.SMTPRecipientRefused)]
+        clean.args = (clean.recipients,)
+        return clean
+    clean.message = scrub(clean.message)
+    if isinstance(clean, aiosmtplib.SMTPRecipientRefused):
+        clean.recipient = REDACTED
+    clean.args = tuple(scrub(a) if isinstance(a, str) else a for a in clean.args)
+    return clean
+
+
+class Relay(aiosmtplib.SMTP):
+    """An SMTP client whose errors never quote an address. A relay's refusal names the recipient (`450 4.2.0
+    <jane@example.org>: Recipient address rejected: Greylisted`), and the SDK logs a failed notify activity
+    with its error at every retry: personal data in the worker's log. Reply codes and the relay's words stay
+    (is_permanent, smtp_code, outbox.last_error, whose row names the recipient anyway)."""
+
+    async def sendmail(
+        self, sender: str, recipients: str | Sequence[str], message: str | bytes, /, **options: Any
+    ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+        try:
+            return await super().sendmail(sender, recipients, message, **options)
+        except aiosmtplib.SMTPException as err:
+            raise without_addresses(err, [recipients] if isinstance(recipients, str) else recipients) from None
+
+
 async def connect(settings: SmtpSettings) -> aiosmtplib.SMTP:
-    smtp = aiosmtplib.SMTP(
+    smtp = Relay(
         hostname=settings.host,
         port=settings.port,
         username=settings.username,

@@ -28,6 +28,16 @@ from starter.client import DuplicateMessage, InvalidTransition, TicketClient, Ti
 from ticketflow.ids import parse_ticket_id
 
 log = logging.getLogger("ticketflow.mail_intake")
+# aiosmtpd logs every SMTP command at INFO ("sender: <address>", "recip: <address>", ">> b'MAIL FROM:<...>'") and
+# every line of every message at DEBUG, under "mail.log": customer addresses, subjects and bodies. Personal data
+# stays out of the logs, so the intake keeps that logger at WARNING (protocol abuse and session errors still show).
+SMTP_PROTOCOL_LOG = logging.getLogger("mail.log")
+
+
+def quiet_smtp_protocol_log() -> None:
+    """Keep aiosmtpd's per-command and per-line logging (customer data) out of this process's logs."""
+    if SMTP_PROTOCOL_LOG.getEffectiveLevel() < logging.WARNING:
+        SMTP_PROTOCOL_LOG.setLevel(logging.WARNING)
 
 
 def _count(outcome: str) -> None:
@@ -200,7 +210,8 @@ class MailIntake:
         """A delivery report about one of our mails: recorded on its ticket, never a ticket itself."""
         found = _OUR_ID.fullmatch(original or "")
         if original is None or found is None:
-            log.warning("a delivery report about a message that is not ours (%s): dropped", original)
+            # a foreign Message-ID can name its sender: not logged
+            log.warning("a delivery report about a message that is not ours: dropped")
             return Ingested("foreign_bounce", "")
         ticket_id = parse_ticket_id(found.group(1))
         try:
@@ -236,7 +247,7 @@ class MailIntake:
                 return "550 5.1.7 the message has no sender address to answer"
             mail = read(msg)
         except Exception as err:  # broken MIME reads the same on every retry: refuse it for good
-            log.warning("unreadable mail refused: %r", err)
+            log.warning("unreadable mail refused: %s", type(err).__name__)  # the message may quote the mail
             _count("invalid")
             return f"550 5.6.0 the message cannot be read ({type(err).__name__})"
         try:
@@ -249,7 +260,7 @@ class MailIntake:
             _count("unavailable")
             return "451 4.3.0 temporarily unable to accept the message, try again later"
         _count(result.kind)
-        log.info("mail %s: %s %s", result.kind, result.ticket_id, envelope.mail_from)
+        log.info("mail %s: ticket %s", result.kind, result.ticket_id or "-")  # never the sender: personal data
         return f"250 2.0.0 {result.kind} ticket {result.ticket_id}"
 
 
@@ -262,6 +273,7 @@ class MailIntakeServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> MailIntakeServer:
+        quiet_smtp_protocol_log()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: SMTP(self.handler, enable_SMTPUTF8=True, data_size_limit=25 * 1024 * 1024, hostname="ticketflow"),

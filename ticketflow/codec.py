@@ -22,8 +22,9 @@ from collections.abc import Mapping, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
+
+from ticketflow.converter import DATA_CONVERTER
 
 ENV_VAR = "TICKETFLOW_CODEC_KEYS"
 ENCODING = b"binary/encrypted"
@@ -163,7 +164,7 @@ def data_converter(codec: PayloadCodec) -> DataConverter:
     """The pydantic converter with the codec, and failure messages/stack traces moved into an
     encoded (so encrypted) payload: exception text can quote customer data."""
     return dataclasses.replace(
-        pydantic_data_converter,
+        DATA_CONVERTER,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

@@ -10,11 +10,12 @@ import sysconfig
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-DATA_CONVERTER = pydantic_data_converter
+from ticketflow.converter import DATA_CONVERTER
+
+__all__ = ["DATA_CONVERTER", "connect", "converter_for", "venv_binary"]
 
 
 def venv_binary(name: str) -> Path:
