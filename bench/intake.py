@@ -1,0 +1,227 @@
+"""Intake throughput and latency, as a ratio to the floor.
+
+Tickets are submitted through the client SDK at increasing rates until the pipeline saturates; each reaches
+"routed and acknowledged" when its tier-1 routing decision is written and its acknowledgement is handed to
+the relay. The floor is an empty workflow started with the same payload, at the same rates, on the same dev
+server and worker process in the same run. A final burst (as fast as `--concurrency` callers can) measures
+each one's capacity; the headline is pipeline / floor at capacity (target: at least 0.8).
+
+    .venv/bin/python -m bench.intake --size small     # about 2 minutes
+    .venv/bin/python -m bench.intake --size full      # about 15 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+from typing import Any
+
+from bench.common import (
+    CpuMeter,
+    Stack,
+    WorkerOptions,
+    busy_warning,
+    console,
+    fmt,
+    ms,
+    table,
+    write_results,
+)
+from bench.load import (
+    Submit,
+    floor_submitter,
+    key_of,
+    pipeline_times,
+    sdk_submitter,
+    start_submitter,
+    step_figures,
+    submit_all,
+    tickets,
+    wait_acknowledged,
+    wait_floor,
+)
+from starter.client import TicketClient
+
+SIZES: dict[str, dict[str, Any]] = {
+    "small": {"rates": [5, 10, 20, 40, 80], "step_seconds": 4.0, "min_step": 20, "burst": 100},
+    "full": {"rates": [5, 10, 15, 20, 30, 40, 60, 80, 120, 160], "step_seconds": 30.0, "min_step": 100, "burst": 2000},
+}
+SATURATED = 0.85  # a step whose completions keep up with less than this share of the offered rate
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="small")
+    p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], help="offered rates, per second")
+    p.add_argument("--step-seconds", type=float, help="how long each rate is offered")
+    p.add_argument("--burst", type=int, help="tickets (and floor workflows) in the capacity burst")
+    p.add_argument("--concurrency", type=int, default=64, help="callers in the burst")
+    p.add_argument("--temporal-file", action="store_true", help="file-backed dev server (default: in memory)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    args = p.parse_args(argv)
+    for k, v in SIZES[args.size].items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args
+
+
+class Intake:
+    def __init__(self, stack: Stack, task_queue: str, floor_queue: str) -> None:
+        assert stack.client is not None
+        self.stack = stack
+        self.client = stack.client
+        self.tickets = TicketClient(stack.client, task_queue)
+        self.task_queue, self.floor_queue = task_queue, floor_queue
+        self.batches = 0
+
+    async def batch(self, kind: str, n: int, rate: float | None, concurrency: int) -> dict[str, Any]:
+        """One batch of `kind` (floor, pipeline via the SDK, or pipeline via a bare start) and its figures."""
+        self.batches += 1
+        label = f"b{self.batches}"
+        items = tickets(n, label)
+        submit: Submit
+        if kind == "floor":
+            submit = floor_submitter(self.client, self.floor_queue, label)
+        elif kind == "pipeline":
+            submit = sdk_submitter(self.tickets)
+        else:
+            submit = start_submitter(self.client, self.task_queue)
+        timeout = 120 + n / 2
+        meter = CpuMeter(self.stack).start()
+        submitted = await submit_all(items, submit, rate=rate, concurrency=concurrency)
+        ids = [s.key for s in submitted if s.error is None]
+        if kind == "floor":
+            done = await wait_floor(self.client, ids, timeout)
+            figures = step_figures(submitted, done)
+        else:
+            await wait_acknowledged(self.stack.database_url, [key_of(t) for t in items], timeout)
+            times = await pipeline_times(self.stack.database_url, ids)
+            figures = step_figures(submitted, times.acked, times.routed)
+        meter.stop()
+        figures["kind"], figures["rate"] = kind, rate
+        figures["cpu_ms_per_item"] = meter.per_item(figures["completed"])
+        figures["cpu_busy_share"] = {k: round(v / meter.wall, 3) for k, v in meter.used.items()} if meter.wall else {}
+        return figures
+
+
+def saturated(f: dict[str, Any]) -> bool:
+    offered, done = f["offered_per_s"], f["completed_per_s"]
+    return bool(f["errors"]) or f["completed"] < f["submitted"] or (offered and (done or 0) < SATURATED * offered)
+
+
+def latency_cells(f: dict[str, Any]) -> list[str]:
+    lat = f.get("latency_routed_s") or f["latency_done_s"]
+    return [ms(lat["p50"]), ms(lat["p95"]), ms(lat["p99"])]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    busy_warning()
+    queue, floor_queue = f"bench-{uuid.uuid4().hex[:6]}", f"floor-{uuid.uuid4().hex[:6]}"
+    async with Stack(temporal_file=args.temporal_file, keep=args.keep) as stack:
+        worker = await stack.start_worker(WorkerOptions(task_queue=queue, floor_queue=floor_queue))
+        bench = Intake(stack, queue, floor_queue)
+        console.log("warming up (sandbox imports, connections, caches)")
+        for kind in ("floor", "pipeline"):
+            await bench.batch(kind, 20, None, 8)
+
+        ramp: list[dict[str, Any]] = []
+        done_with: set[str] = set()
+        for r in args.rates:
+            for kind in ("floor", "pipeline"):
+                if kind in done_with:
+                    continue
+                n = max(args.min_step, round(r * args.step_seconds))
+                console.log(f"{kind}: {n} at {r:g}/s")
+                f = await bench.batch(kind, n, r, 256)
+                ramp.append(f)
+                if saturated(f):
+                    done_with.add(kind)
+            if len(done_with) == 2:
+                break
+
+        console.log(f"capacity bursts of {args.burst} with {args.concurrency} callers")
+        bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in ("floor", "pipeline")}
+        bursts["pipeline_bare_start"] = await bench.batch("start", args.burst, None, args.concurrency)
+        # the same worker as a development machine runs it: no bytecode, so the sandbox compiles
+        # workflows/ticket.py from source for every new workflow (editable install, PYTHONDONTWRITEBYTECODE=1)
+        await stack.stop_worker(worker)
+        await stack.start_worker(WorkerOptions(task_queue=queue, floor_queue=floor_queue, bytecode=False))
+        await bench.batch("pipeline", 20, None, 8)
+        bursts["pipeline_no_bytecode"] = await bench.batch("pipeline", args.burst, None, args.concurrency)
+
+    rows = []
+    for f in ramp:
+        rows.append(
+            [
+                f["kind"],
+                fmt(f["rate"], 0),
+                f["submitted"],
+                fmt(f["offered_per_s"]),
+                fmt(f["completed_per_s"]),
+                *latency_cells(f),
+                ms(f["latency_done_s"]["p99"]),
+                f["errors"],
+                "saturated" if saturated(f) else "",
+            ]
+        )
+    table(
+        "intake ramp: floor = empty workflow; pipeline = routed and acknowledged",
+        ["kind", "rate", "n", "offered/s", "done/s", "p50 ms", "p95 ms", "p99 ms", "p99 done ms", "errors", ""],
+        rows,
+        caption="latency is submit -> routed for the pipeline, submit -> completed for the floor; "
+        "'done' is acknowledged (pipeline) or completed (floor)",
+    )
+
+    floor_cap = bursts["floor"]["makespan_per_s"] or 0.0
+    capacity_rows = []
+    for name, f in bursts.items():
+        cap = f["makespan_per_s"]
+        capacity_rows.append(
+            [
+                name,
+                f["completed"],
+                fmt(cap),
+                fmt(cap / floor_cap if cap and floor_cap else None, 2),
+                *latency_cells(f),
+                fmt(f["cpu_ms_per_item"].get("total"), 1),
+                fmt(f["cpu_ms_per_item"].get("worker"), 1),
+                fmt(f["cpu_ms_per_item"].get("temporal"), 1),
+                fmt(f["cpu_ms_per_item"].get("postgres"), 1),
+                fmt(f["cpu_ms_per_item"].get("driver"), 1),
+            ]
+        )
+    table(
+        f"intake capacity: bursts of {args.burst}, {args.concurrency} callers",
+        ["kind", "n", "per s", "/ floor", "p50 ms", "p95 ms", "p99 ms", "cpu ms", "worker", "temporal", "pg", "driver"],
+        capacity_rows,
+        caption="per s: the whole burst, first submit to last completion; cpu ms: CPU milliseconds per ticket (or "
+        "floor workflow), by process (2 cores give 2,000 per second)",
+    )
+    best = {
+        kind: max([(f["completed_per_s"] or 0.0) for f in ramp if f["kind"] == kind], default=0.0)
+        for kind in ("floor", "pipeline")
+    }
+    pipeline_cap = bursts["pipeline"]["makespan_per_s"]
+    ratio = pipeline_cap / floor_cap if floor_cap and pipeline_cap else None
+    console.print(
+        f"pipeline / floor at capacity: [bold]{fmt(ratio, 2)}[/] (target 0.8); best sustained in the ramp: "
+        f"pipeline {fmt(best['pipeline'])}/s, floor {fmt(best['floor'])}/s"
+    )
+    return {
+        "size": args.size,
+        "params": {k: v for k, v in vars(args).items() if k != "keep"},
+        "ramp": ramp,
+        "bursts": bursts,
+        "ratio_pipeline_to_floor": ratio,
+        "best_per_s": best,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    write_results("intake", asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""One benchmark worker process: the product's worker (`worker.build_worker`: the ticket workflow and its
+activities, sandboxed as in production) and/or a worker for the floor workflow, on the task queues given.
+Prints `ready` once polling; drains and exits on SIGTERM. The driver reads its CPU time and memory from /proc
+and its Temporal SDK metrics (sticky cache size and evictions) from --sdk-metrics-port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.worker import Worker
+
+from activities.db import open_pool
+from activities.mail import SmtpSettings
+from activities.tickets import SurveyLinks
+from bench.floor import BenchFloorWorkflow
+from ticketflow.config import Config, default_config
+from ticketflow.temporal import connect
+from worker import build_worker, sandbox_runner
+
+SURVEY_LINKS = SurveyLinks("http://survey.bench.invalid", b"bench-survey-secret-not-for-production")
+DRAIN = timedelta(seconds=2)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--temporal", required=True, help="Temporal frontend host:port")
+    p.add_argument("--database", required=True, help="PostgreSQL URL")
+    p.add_argument("--smtp-port", type=int, required=True)
+    p.add_argument("--task-queue", help="serve the ticket workflow and its activities here")
+    p.add_argument("--floor-queue", help="serve the empty floor workflow here")
+    p.add_argument("--config", type=Path, help="policy as JSON (Config.model_dump_json); default policy if absent")
+    p.add_argument("--max-cached", type=int, default=1000, help="max_cached_workflows (the SDK default is 1000)")
+    p.add_argument("--pool", type=int, default=10, help="database pool size (TICKETFLOW_DB_POOL_MAX default)")
+    p.add_argument("--sdk-metrics-port", type=int, default=0)
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> None:
+    bind = f"127.0.0.1:{args.sdk_metrics_port}" if args.sdk_metrics_port else None
+    client = await connect(args.temporal, sdk_metrics_bind=bind)
+    config = Config.model_validate_json(args.config.read_text("utf-8")) if args.config else default_config()
+    options: dict[str, Any] = {"max_cached_workflows": args.max_cached, "graceful_shutdown_timeout": DRAIN}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pool = await open_pool(args.database, args.pool)
+    try:
+        async with contextlib.AsyncExitStack() as workers:
+            if args.task_queue:
+                smtp = SmtpSettings(host="127.0.0.1", port=args.smtp_port)
+                await workers.enter_async_context(
+                    build_worker(client, args.task_queue, pool, config, smtp, survey_links=SURVEY_LINKS, **options)
+                )
+            if args.floor_queue:
+                floor = Worker(
+                    client,
+                    task_queue=args.floor_queue,
+                    workflows=[BenchFloorWorkflow],
+                    workflow_runner=sandbox_runner(),
+                    **options,
+                )
+                await workers.enter_async_context(floor)
+            print("ready", flush=True)
+            await stop.wait()
+    finally:
+        await pool.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(parse()))
+
+
+if __name__ == "__main__":
+    main()
