@@ -30,6 +30,7 @@ from ticketflow import contract, survey
 from ticketflow.assignment import Candidate, choose, on_shift
 from ticketflow.calendar import add_business_seconds, is_open, next_opening
 from ticketflow.config import Config, Department
+from ticketflow.converter import describe_errors, safe_errors
 from ticketflow.models import (
     AuditEntry,
     Categorisation,
@@ -92,12 +93,17 @@ class SurveyLinks:
 
 
 def format_validation_error(err: ValidationError) -> str:
-    """One line per field: `customer.email: value is not a valid email address`."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(ticket)"
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
+    """One line per field: `customer.email: value is not a valid email address`. Values are never quoted,
+    nor is the name of a field the model does not know: the client chose it, it can be anything."""
+    return describe_errors(err, whole="(ticket)")
+
+
+def _rejected_reason(error: dict[str, Any]) -> str:
+    """A bounded metric label: a known top-level field, `unknown_field` or `ticket`."""
+    first = str(error["loc"][0]) if error["loc"] else ""
+    if not first:
+        return "ticket"
+    return first if first in TicketIn.model_fields and error["type"] != "extra_forbidden" else "unknown_field"
 
 
 class TicketActivities:
@@ -126,7 +132,8 @@ class TicketActivities:
         try:
             ticket = TicketIn.model_validate(req.raw)
         except ValidationError as err:
-            fields = sorted({".".join(str(p) for p in e["loc"][:1]) or "ticket" for e in err.errors()})
+            errors = safe_errors(err)
+            fields = sorted({_rejected_reason(e) for e in errors})
             message = f"invalid ticket: {format_validation_error(err)}"
             info = activity.info()
             async with self.pool.connection() as conn, conn.transaction():
@@ -137,7 +144,7 @@ class TicketActivities:
                 metrics.INTAKE_REJECTED.labels(reason=f).inc()
             raise ApplicationError(
                 f"{message} (kept in quarantine as #{entry}: ticketflow quarantine show {entry})",
-                err.errors(include_url=False, include_context=False, include_input=False),
+                errors,
                 type=contract.INVALID_TICKET,
                 non_retryable=True,
             ) from None

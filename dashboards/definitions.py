@@ -405,7 +405,7 @@ SLA = Dashboard(
                                    metric AS "Metric", clocks AS "Ended", met AS "Met", breached AS "Breached",
                                    compliance_pct AS "Compliance %", round(avg_business_seconds) AS "Avg business s"
                             FROM sla_daily
-                            WHERE department IN ($department) AND priority IN ($priority)
+                            WHERE department IN (${department:sqlstring}) AND priority IN (${priority:sqlstring})
                               AND day BETWEEN $__timeFrom()::date AND $__timeTo()::date
                             ORDER BY day DESC, department, priority, metric
                             """
@@ -486,7 +486,7 @@ ESCALATIONS = Dashboard(
                                    round(extract(epoch FROM now() - created_at)) AS "Age s"
                             FROM tickets
                             WHERE status IN ('new', 'open', 'pending') AND tier > 1
-                              AND department IN ($department) AND priority IN ($priority)
+                              AND department IN (${department:sqlstring}) AND priority IN (${priority:sqlstring})
                             ORDER BY tier DESC, created_at
                             LIMIT 200
                             """
@@ -503,7 +503,8 @@ ESCALATIONS = Dashboard(
                             """
                             SELECT date_trunc('day', a.at) AS time, a.detail->>'cause' AS metric, count(*) AS value
                             FROM audit_log a JOIN tickets t ON t.id = a.ticket_id
-                            WHERE a.event = 'escalated' AND $__timeFilter(a.at) AND t.department IN ($department)
+                            WHERE a.event = 'escalated' AND $__timeFilter(a.at)
+                              AND t.department IN (${department:sqlstring})
                             GROUP BY 1, 2
                             ORDER BY 1
                             """,
@@ -623,7 +624,7 @@ CSAT = Dashboard(
                                    round(100.0 * count(*) FILTER (WHERE score >= 4) / count(*), 1) AS "Positive %",
                                    round(100.0 * count(*) FILTER (WHERE score <= 2) / count(*), 1) AS "Negative %"
                             FROM csat_ratings
-                            WHERE $__timeFilter(rated_at) AND department IN ($department)
+                            WHERE $__timeFilter(rated_at) AND department IN (${department:sqlstring})
                             GROUP BY department
                             ORDER BY department
                             """
@@ -657,7 +658,9 @@ DEPARTMENT_REPORT = Dashboard(
                             """
                             SELECT period_start AS time, sum(created) AS "Created", sum(resolved) AS "Resolved",
                                    sum(answered) AS "Answered"
-                            FROM department_report(ARRAY[$department]::text[], '$bucket', $__timeFrom(), $__timeTo())
+                            FROM department_report(
+                                ARRAY[${department:sqlstring}]::text[], ${bucket:sqlstring}, $__timeFrom(), $__timeTo()
+                            )
                             GROUP BY 1
                             ORDER BY 1
                             """,
@@ -681,7 +684,9 @@ DEPARTMENT_REPORT = Dashboard(
                                    round(avg_resolution_business_seconds) AS "Avg resolution business s",
                                    ratings AS "Ratings", positive_pct AS "Positive %", negative_pct AS "Negative %",
                                    sla_compliance_pct AS "SLA compliance %"
-                            FROM department_report(ARRAY[$department]::text[], '$bucket', $__timeFrom(), $__timeTo())
+                            FROM department_report(
+                                ARRAY[${department:sqlstring}]::text[], ${bucket:sqlstring}, $__timeFrom(), $__timeTo()
+                            )
                             ORDER BY period_start DESC, department
                             """
                         )

@@ -123,10 +123,11 @@ def expand_promql(expr: str, variables: dict[str, list[str]], range_: str, rate_
 def expand_sql(text: str, variables: dict[str, list[str]], start: datetime, end: datetime) -> str:
     out = re.sub(r"\$__timeFilter\(([^)]+)\)", rf"\1 BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'", text)
     out = out.replace("$__timeFrom()", f"'{start.isoformat()}'").replace("$__timeTo()", f"'{end.isoformat()}'")
-    for name in sorted(variables, key=len, reverse=True):
-        values = variables[name]
+    # Only Grafana's `sqlstring` format is accepted: it quotes every value and doubles its quotes. A bare
+    # `$name` of a single-value variable is pasted raw by Grafana, so a crafted dashboard link could inject SQL.
+    for name, values in variables.items():
         quoted = ",".join("'" + v.replace("'", "''") + "'" for v in values)
-        out = out.replace(f"'${name}'", quoted).replace(f"${name}", quoted)
+        out = out.replace(f"${{{name}:sqlstring}}", quoted)
     if "$" in out:
         raise AssertionError(f"unexpanded template in {out!r}")
     return out

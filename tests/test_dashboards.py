@@ -80,14 +80,43 @@ def test_dashboards_use_the_provisioned_data_sources_and_declared_variables() ->
         for title, t in queries_of(d):
             assert t["datasource"]["uid"] in uids, f"{d['uid']} / {title}: unknown data source"
             text = t.get("expr") or t.get("rawSql") or ""
-            used = {m for m in re.findall(r"\$(\w+)", text) if not m.startswith("__")}
+            used = {m for m in re.findall(r"\$\{?(\w+)", text) if not m.startswith("__")}
             assert used <= declared, f"{d['uid']} / {title} uses undeclared variables {used - declared}"
+            if "rawSql" in t:  # Grafana pastes a bare $var of a single-value variable into SQL unquoted
+                bare = [m for m in re.findall(r"\$\{?\w+(?::\w+)?\}?", text) if not m.startswith("$__")]
+                assert all(m.endswith(":sqlstring}") for m in bare), f"{d['uid']} / {title}: {bare}"
     kinds = {d["uid"]: {t["datasource"]["uid"] for _, t in queries_of(d)} for d in dashboards()}
     assert kinds["ticketflow-department-report"] == {"ticketflow-postgres"}
     for uid in ("ticketflow-operations", "ticketflow-sla", "ticketflow-escalations", "ticketflow-csat"):
         assert "prometheus" in kinds[uid], f"{uid} has no Prometheus panel"
     for uid in ("ticketflow-sla", "ticketflow-escalations", "ticketflow-csat"):
         assert "ticketflow-postgres" in kinds[uid], f"{uid} has no exact (SQL) panel"
+
+
+HOSTILE = "x'); DROP TABLE tickets; --"
+
+
+async def test_sql_panels_quote_hostile_variable_values(pool: Pool) -> None:
+    """A crafted dashboard link can set any variable to anything: every SQL panel must stay one query."""
+    async with pool.connection() as conn:
+        before = await (await conn.execute("SELECT count(*) AS n FROM tickets")).fetchone()
+    end = datetime.now(UTC)
+    ran = 0
+    for d in dashboards():
+        variables = {v["name"]: [HOSTILE, "billing"] if v.get("multi") else [HOSTILE] for v in d["templating"]["list"]}
+        for title, t in queries_of(d):
+            if "rawSql" not in t:
+                continue
+            text = expand_sql(t["rawSql"], variables, end - timedelta(days=1), end)
+            ran += 1
+            try:
+                async with pool.connection() as conn:
+                    await (await conn.execute(text)).fetchall()
+            except psycopg.errors.InvalidParameterValue as err:  # department_report() refuses an unknown period
+                assert "bucket" in str(err), f"{d['uid']} / {title}: {err}"
+    async with pool.connection() as conn:
+        after = await (await conn.execute("SELECT count(*) AS n FROM tickets")).fetchone()
+    assert ran >= 5 and after == before
 
 
 def fast_policy(cfg: Config) -> Config:

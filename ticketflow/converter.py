@@ -25,14 +25,21 @@ from temporalio.converter import (
 UNKNOWN_FIELD = "(unknown field)"
 
 
-def describe_errors(err: ValidationError) -> str:
-    """`body: Field required; (unknown field): Extra inputs are not permitted`: fields and problems only."""
-    parts = []
+def safe_errors(err: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors without input values, and with an unknown field's name replaced."""
+    out = []
     for e in err.errors(include_url=False, include_context=False, include_input=False):
         loc = [str(p) for p in e["loc"]]
         if e["type"] == "extra_forbidden" and loc:
             loc[-1] = UNKNOWN_FIELD
-        parts.append(f"{'.'.join(loc) or '(value)'}: {e['msg']}")
+        out.append({"type": e["type"], "loc": loc, "msg": e["msg"]})
+    return out
+
+
+def describe_errors(err: ValidationError, whole: str = "(value)") -> str:
+    """`body: Field required; (unknown field): Extra inputs are not permitted`: fields and problems only;
+    `whole` names the value itself when it is not an object at all."""
+    parts = [f"{'.'.join(e['loc']) or whole}: {e['msg']}" for e in safe_errors(err)]
     return "; ".join(dict.fromkeys(parts))
 
 
