@@ -6,11 +6,11 @@ with a Seq Scan is flagged; the run exits 1 if any remains once every migration 
 
 Measured twice: with the schema as it was up to `--before` (migration 0007 by default), then with every later
 migration applied (0008_hot_path_indexes adds the indexes this benchmark found missing), so each index shows
-its before/after. Rows are generated server-side (generate_series), in proportion per ticket: about 2.4
-messages, 7 audit entries, 5 SLA events, 2.6 mails, 1.1 routing decisions and 0.2 ratings.
+its before/after. Rows are generated server-side (generate_series), in proportion per ticket: about 2.2
+messages, 7.8 audit entries, 4.9 SLA events, 3.8 mails, 1.1 routing decisions and 0.2 ratings.
 
     .venv/bin/python -m bench.database --size small       # 2,500 tickets: a check that it runs, under a minute
-    .venv/bin/python -m bench.database --tickets 1000000   # 1M tickets (about 19M rows, 8 GB), 20-40 minutes
+    .venv/bin/python -m bench.database --tickets 1000000   # 1M tickets (about 21M rows, ~10 GB), 20-40 minutes
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -635,6 +636,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         after = measure_all(url, args.repeat, "after", args.plans)
     finally:
         pg.stop()
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     by_name = {r["name"]: r for r in before}
     rows = []

@@ -34,7 +34,6 @@ from bench.load import (
     key_of,
     pipeline_times,
     sdk_submitter,
-    start_submitter,
     step_figures,
     submit_all,
     tickets,
@@ -76,17 +75,13 @@ class Intake:
         self.batches = 0
 
     async def batch(self, kind: str, n: int, rate: float | None, concurrency: int) -> dict[str, Any]:
-        """One batch of `kind` (floor, pipeline via the SDK, or pipeline via a bare start) and its figures."""
+        """One batch of `kind` (floor, or pipeline through the client SDK) and its figures."""
         self.batches += 1
         label = f"b{self.batches}"
         items = tickets(n, label)
-        submit: Submit
-        if kind == "floor":
-            submit = floor_submitter(self.client, self.floor_queue, label)
-        elif kind == "pipeline":
-            submit = sdk_submitter(self.tickets)
-        else:
-            submit = start_submitter(self.client, self.task_queue)
+        submit: Submit = (
+            floor_submitter(self.client, self.floor_queue, label) if kind == "floor" else sdk_submitter(self.tickets)
+        )
         timeout = 120 + n / 2
         meter = CpuMeter(self.stack).start()
         submitted = await submit_all(items, submit, rate=rate, concurrency=concurrency)
@@ -99,6 +94,11 @@ class Intake:
             times = await pipeline_times(self.stack.database_url, ids)
             figures = step_figures(submitted, times.acked, times.routed)
         meter.stop()
+        if figures["completed"] < len(ids):
+            console.print(
+                f"[yellow]{kind}: {len(ids) - figures['completed']} of {len(ids)} not done within {timeout:.0f} s "
+                "(the machine is overloaded, or a worker is stuck: rerun with --keep and read the worker logs)[/]"
+            )
         figures["kind"], figures["rate"] = kind, rate
         figures["cpu_ms_per_item"] = meter.per_item(figures["completed"])
         figures["cpu_busy_share"] = {k: round(v / meter.wall, 3) for k, v in meter.used.items()} if meter.wall else {}
@@ -142,13 +142,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         console.log(f"capacity bursts of {args.burst} with {args.concurrency} callers")
         bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in ("floor", "pipeline")}
-        bursts["pipeline_bare_start"] = await bench.batch("start", args.burst, None, args.concurrency)
-        # the same worker as a development machine runs it: no bytecode, so the sandbox compiles
-        # workflows/ticket.py from source for every new workflow (editable install, PYTHONDONTWRITEBYTECODE=1)
-        await stack.stop_worker(worker)
-        await stack.start_worker(WorkerOptions(task_queue=queue, floor_queue=floor_queue, bytecode=False))
-        await bench.batch("pipeline", 20, None, 8)
-        bursts["pipeline_no_bytecode"] = await bench.batch("pipeline", args.burst, None, args.concurrency)
+        # Variants of the worker, each a before/after of one candidate gain:
+        # - no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the
+        #   sandbox compiles workflows/ticket.py from source for every workflow it creates;
+        # - no sandbox: what the sandbox's per-workflow module imports and import checks cost.
+        for name, variant in (
+            ("pipeline_no_bytecode", WorkerOptions(bytecode=False)),
+            ("pipeline_unsandboxed", WorkerOptions(sandbox=False)),
+        ):
+            await stack.stop_worker(worker)
+            variant.task_queue, variant.floor_queue = queue, floor_queue
+            worker = await stack.start_worker(variant)
+            await bench.batch("pipeline", 20, None, 8)
+            bursts[name] = await bench.batch("pipeline", args.burst, None, args.concurrency)
 
     rows = []
     for f in ramp:

@@ -14,20 +14,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from temporalio.client import Client
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
 
 from bench.common import rate, summary
 from bench.floor import FLOOR_WORKFLOW
 from starter.client import TicketClient
 from starter.demo import demo_tickets
-from ticketflow import contract, search
-from ticketflow.ids import ticket_id_for, workflow_id
-from ticketflow.models import Status, TicketIn, TicketWorkflowInput
+from ticketflow.ids import ticket_id_for
+from ticketflow.models import TicketIn
 
 RUN = uuid.uuid4().hex[:6]
 
@@ -95,34 +88,6 @@ def sdk_submitter(tickets_client: TicketClient) -> Submit:
     async def submit(item: dict[str, Any]) -> str:
         opened = await tickets_client.open(item)
         return opened.ticket_id
-
-    return submit
-
-
-def start_submitter(client: Client, task_queue: str) -> Submit:
-    """The same start as TicketClient.open without its follow-up describe() call: what open() would cost if it
-    read `started` from the start response instead (see the README's Performance section)."""
-
-    async def submit(item: dict[str, Any]) -> str:
-        valid = TicketIn.model_validate(item)
-        tid = ticket_id_for(valid.external_message_id)
-        await client.start_workflow(
-            contract.WORKFLOW_TYPE,
-            TicketWorkflowInput(ticket=valid.model_dump(mode="json")),
-            id=workflow_id(tid),
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            memo={"intake_nonce": uuid.uuid4().hex},
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(search.TICKET_STATUS, str(Status.NEW)),
-                    SearchAttributePair(search.CHANNEL, str(valid.channel)),
-                ]
-            ),
-            static_summary=f"Ticket {tid} via {valid.channel}",
-        )
-        return tid
 
     return submit
 

@@ -9,9 +9,11 @@ Measures, on one worker process:
   that reminder against its due instant: when the worker's workflow task ran (`at`) and when the row was
   written (`bench_at`).
 
-    .venv/bin/python -m bench.scale --size small            # 300 tickets, about 2 minutes
-    .venv/bin/python -m bench.scale --tickets 10000         # about 20 minutes
-    .venv/bin/python -m bench.scale --tickets 50000         # about 1.5 hours
+    .venv/bin/python -m bench.scale --size small                    # 300 tickets, about 3 minutes
+    .venv/bin/python -m bench.scale --size full                     # 10,000 tickets at 15/s, about 25 minutes
+    .venv/bin/python -m bench.scale --size full --tickets 50000     # about 1 hour 45 minutes
+
+The intake rate must stay below the pipeline's capacity (bench.intake), or the latency measured is queueing.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ from ticketflow.config import Config, SlaTarget, default_config
 from ticketflow.models import Priority
 
 SIZES: dict[str, dict[str, Any]] = {
-    "small": {"tickets": 300, "rate": 20.0, "fire_after": 20.0, "margin": 20.0},
-    "full": {"tickets": 10_000, "rate": 25.0, "fire_after": 60.0, "margin": 120.0},
+    "small": {"tickets": 300, "rate": 10.0, "fire_after": 20.0, "margin": 20.0},
+    "full": {"tickets": 10_000, "rate": 15.0, "fire_after": 60.0, "margin": 120.0},
 }
 TARGET_MINUTES = 480  # first response; the reminder fraction places the first reminder `fire_after` seconds in
 WINDOW = timedelta(hours=12)  # the calendar's one opening, long enough for every clock of the run

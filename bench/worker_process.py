@@ -14,15 +14,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+import worker
 from activities.db import open_pool
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
 from bench.floor import BenchFloorWorkflow
 from ticketflow.config import Config, default_config
 from ticketflow.temporal import connect
-from worker import build_worker, sandbox_runner
 
 SURVEY_LINKS = SurveyLinks("http://survey.bench.invalid", b"bench-survey-secret-not-for-production")
 DRAIN = timedelta(seconds=2)
@@ -39,12 +39,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cached", type=int, default=1000, help="max_cached_workflows (the SDK default is 1000)")
     p.add_argument("--pool", type=int, default=10, help="database pool size (TICKETFLOW_DB_POOL_MAX default)")
     p.add_argument("--sdk-metrics-port", type=int, default=0)
+    p.add_argument(
+        "--no-sandbox", action="store_true", help="run workflows unsandboxed (what the sandbox costs; not the product)"
+    )
     return p.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> None:
     bind = f"127.0.0.1:{args.sdk_metrics_port}" if args.sdk_metrics_port else None
     client = await connect(args.temporal, sdk_metrics_bind=bind)
+    if args.no_sandbox:  # the product's build_worker always sandboxes: swap the runner it asks for
+        worker.sandbox_runner = UnsandboxedWorkflowRunner  # type: ignore[assignment]
     config = Config.model_validate_json(args.config.read_text("utf-8")) if args.config else default_config()
     options: dict[str, Any] = {"max_cached_workflows": args.max_cached, "graceful_shutdown_timeout": DRAIN}
     stop = asyncio.Event()
@@ -57,14 +62,16 @@ async def run(args: argparse.Namespace) -> None:
             if args.task_queue:
                 smtp = SmtpSettings(host="127.0.0.1", port=args.smtp_port)
                 await workers.enter_async_context(
-                    build_worker(client, args.task_queue, pool, config, smtp, survey_links=SURVEY_LINKS, **options)
+                    worker.build_worker(
+                        client, args.task_queue, pool, config, smtp, survey_links=SURVEY_LINKS, **options
+                    )
                 )
             if args.floor_queue:
                 floor = Worker(
                     client,
                     task_queue=args.floor_queue,
                     workflows=[BenchFloorWorkflow],
-                    workflow_runner=sandbox_runner(),
+                    workflow_runner=worker.sandbox_runner(),
                     **options,
                 )
                 await workers.enter_async_context(floor)
