@@ -29,7 +29,7 @@ from workflows.ticket import TicketWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded histories are named for the workflow version that produced them; all of them replay.
-RECORDING_AS = "v5-local-steps"
+RECORDING_AS = "v6-steps-as-activities"
 
 
 @pytest.fixture(scope="module")
