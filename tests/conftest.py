@@ -129,12 +129,12 @@ class StartRecorder(Interceptor):
         return _Outbound(next)
 
 
-async def mail_settled(client: Client, *ticket_ids: str, within: float = 30) -> None:
+async def mail_settled(client: Client, *ticket_ids: str, within: float = 60) -> None:
     """Wait until these tickets have handed every notice written so far to the relay (or given up on
     it): their mail goes out in the background, after the update or timer that wrote it returned."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
     for tid in ticket_ids:
+        deadline = loop.time() + within  # each ticket's mail goes out independently: its own time
         try:
             handle = client.get_workflow_handle(workflow_id(tid))
         except ValueError:  # not a ticket workflow
