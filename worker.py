@@ -43,6 +43,7 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
 
 def activity_list(acts: TicketActivities) -> list[Any]:
     return [
+        acts.open_ticket,
         acts.intake,
         acts.categorise,
         acts.load_policy,

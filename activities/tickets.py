@@ -40,6 +40,8 @@ from ticketflow.models import (
     IntakeResult,
     Notification,
     NotificationResult,
+    OpenRequest,
+    OpenResult,
     Policy,
     PolicyRequest,
     Priority,
@@ -127,10 +129,66 @@ class TicketActivities:
 
     # --- intake ---------------------------------------------------------------------------------
 
+    @activity.defn(name=contract.OPEN_TICKET)
+    async def open_ticket(self, req: OpenRequest) -> OpenResult:
+        """Intake, categorisation, policy, tier-1 routing and the `opened` entry in one transaction.
+
+        One activity instead of five: one round trip through Temporal (three history events instead of
+        fifteen) and one commit. Each part keeps its own idempotency key, so a retry after a commit
+        returns what the first attempt decided and writes nothing twice."""
+        ticket = await self._validated(req.raw)
+        tally = metrics.Tally()
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                intake = await self._insert_ticket(
+                    conn, IntakeRequest(ticket_id=req.ticket_id, raw=req.raw, received_at=req.at), ticket
+                )
+                cat = await self._categorise(conn, CategoriseRequest(ticket_id=req.ticket_id, seq=2, at=req.at), tally)
+                if cat.spam:  # the workflow records the closing: nothing is routed or timed
+                    result = OpenResult(intake=intake, categorisation=cat, audit_seq=2)
+                else:
+                    policy = self._policy(
+                        PolicyRequest(
+                            department=cat.department, priority=cat.priority, customer_type=intake.customer_type
+                        )
+                    )
+                    routing = await self._route(
+                        conn,
+                        RouteRequest(
+                            ticket_id=req.ticket_id,
+                            seq=3,
+                            department=cat.department,
+                            tier=1,
+                            step="route:3",
+                            at=req.at,
+                            preferred_agent=cat.assign,
+                        ),
+                    )
+                    opened = AuditEntry(
+                        ticket_id=req.ticket_id,
+                        seq=4,
+                        event="opened",
+                        actor="system",
+                        at=req.at,
+                        detail={"status": "open"},
+                        ticket_update={"status": "open"},
+                        sla_events=[c.started_event() for c in policy.opening_clocks(req.at).values()],
+                    )
+                    await self._record(conn, opened, tally)
+                    result = OpenResult(intake=intake, categorisation=cat, policy=policy, routing=routing, audit_seq=4)
+        tally.flush()
+        return result
+
     @activity.defn(name=contract.INTAKE)
     async def intake(self, req: IntakeRequest) -> IntakeResult:
+        ticket = await self._validated(req.raw)
+        async with self.pool.connection() as conn, conn.transaction():
+            return await self._insert_ticket(conn, req, ticket)
+
+    async def _validated(self, raw: dict[str, Any]) -> TicketIn:
+        """The ticket, or a non-retryable error naming the quarantine entry that now holds the payload."""
         try:
-            ticket = TicketIn.model_validate(req.raw)
+            return TicketIn.model_validate(raw)
         except ValidationError as err:
             errors = safe_errors(err)
             fields = sorted({_rejected_reason(e) for e in errors})
@@ -138,7 +196,7 @@ class TicketActivities:
             info = activity.info()
             async with self.pool.connection() as conn, conn.transaction():
                 entry = await quarantine.hold(
-                    conn, "workflow", f"{info.workflow_id}/{info.workflow_run_id}", req.raw, message
+                    conn, "workflow", f"{info.workflow_id}/{info.workflow_run_id}", raw, message
                 )
             for f in fields:
                 metrics.INTAKE_REJECTED.labels(reason=f).inc()
@@ -148,60 +206,63 @@ class TicketActivities:
                 type=contract.INVALID_TICKET,
                 non_retryable=True,
             ) from None
+
+    async def _insert_ticket(
+        self, conn: AsyncConnection[dict[str, Any]], req: IntakeRequest, ticket: TicketIn
+    ) -> IntakeResult:
         c = ticket.customer
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                """
-                INSERT INTO tickets (id, external_message_id, channel, subject, body, customer_name,
-                    customer_email, customer_phone, customer_plan, customer_type, customer_region,
-                    customer_language, attachments, tags, created_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (id) DO NOTHING
-                RETURNING created_at
-                """,
-                (
-                    req.ticket_id,
-                    ticket.external_message_id,
-                    ticket.channel,
-                    ticket.subject,
-                    ticket.body,
-                    c.name,
-                    str(c.email),
-                    c.phone,
-                    c.plan,
-                    c.type,
-                    c.region,
-                    c.language,
-                    Jsonb([a.model_dump() for a in ticket.attachments]),
-                    ticket.tags,
-                    req.received_at,
+        cur = await conn.execute(
+            """
+            INSERT INTO tickets (id, external_message_id, channel, subject, body, customer_name,
+                customer_email, customer_phone, customer_plan, customer_type, customer_region,
+                customer_language, attachments, tags, created_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (id) DO NOTHING
+            RETURNING created_at
+            """,
+            (
+                req.ticket_id,
+                ticket.external_message_id,
+                ticket.channel,
+                ticket.subject,
+                ticket.body,
+                c.name,
+                str(c.email),
+                c.phone,
+                c.plan,
+                c.type,
+                c.region,
+                c.language,
+                Jsonb([a.model_dump() for a in ticket.attachments]),
+                ticket.tags,
+                req.received_at,
+            ),
+        )
+        created = await cur.fetchone()
+        if created is not None:
+            await self._audit(
+                conn,
+                AuditEntry(
+                    ticket_id=req.ticket_id,
+                    seq=1,
+                    event="created",
+                    actor="customer",
+                    at=req.received_at,
+                    detail={"channel": ticket.channel, "external_message_id": ticket.external_message_id},
                 ),
             )
-            created = await cur.fetchone()
-            if created is not None:
-                await self._audit(
-                    conn,
-                    AuditEntry(
-                        ticket_id=req.ticket_id,
-                        seq=1,
-                        event="created",
-                        actor="customer",
-                        at=req.received_at,
-                        detail={"channel": ticket.channel, "external_message_id": ticket.external_message_id},
-                    ),
-                )
-                await conn.execute(
-                    "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
-                    " created_at) VALUES (%s, 1, 'customer', 'customer', %s, %s, %s)",
-                    (req.ticket_id, ticket.body, ticket.external_message_id, req.received_at),
-                )
-                created_at = created["created_at"]
-            else:
-                row = await (
-                    await conn.execute("SELECT created_at FROM tickets WHERE id = %s", (req.ticket_id,))
-                ).fetchone()
-                assert row is not None
-                created_at = row["created_at"]
+            await conn.execute(
+                "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
+                " created_at) VALUES (%s, 1, 'customer', 'customer', %s, %s, %s)",
+                (req.ticket_id, ticket.body, ticket.external_message_id, req.received_at),
+            )
+            created_at = created["created_at"]
+        else:
+            row = await (
+                await conn.execute("SELECT created_at FROM tickets WHERE id = %s", (req.ticket_id,))
+            ).fetchone()
+            assert row is not None
+            created_at = row["created_at"]
         return IntakeResult(
             ticket_id=req.ticket_id,
             channel=ticket.channel,
@@ -214,65 +275,77 @@ class TicketActivities:
 
     @activity.defn(name=contract.CATEGORISE)
     async def categorise(self, req: CategoriseRequest) -> Categorisation:
+        tally = metrics.Tally()
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                row = await self._ticket(conn, req.ticket_id)
-                ticket = TicketIn.model_validate(
-                    {
-                        "subject": row["subject"],
-                        "body": row["body"],
-                        "channel": row["channel"],
-                        "customer": {
-                            "name": row["customer_name"],
-                            "email": row["customer_email"],
-                            "type": row["customer_type"],
-                            "language": row["customer_language"],
-                            "region": row["customer_region"],
-                            "plan": row["customer_plan"],
-                        },
-                    }
-                )
-                earlier = await (
-                    await conn.execute(
-                        "SELECT 1 FROM tickets WHERE customer_email = %s AND id <> %s AND created_at <= %s LIMIT 1",
-                        (row["customer_email"], req.ticket_id, row["created_at"]),
-                    )
-                ).fetchone()
-                prediction = (
-                    self.classifier.predict(f"{ticket.subject}\n{ticket.body}") if self.classifier is not None else None
-                )
-                result = categorise(ticket, self.config, prediction, first_time=earlier is None, at=req.at)
-                inserted = await self._audit(
-                    conn,
-                    AuditEntry(
-                        ticket_id=req.ticket_id,
-                        seq=req.seq,
-                        event="categorised",
-                        actor="rules",
-                        at=req.at or datetime.now(UTC),
-                        detail=result.model_dump(mode="json"),
-                        ticket_update={
-                            "category": result.category,
-                            "priority": result.priority,
-                            "language": result.language,
-                            "department": result.department,
-                            "tags": list(dict.fromkeys([*row["tags"], *result.tags])),
-                        },
-                    ),
-                    extra={"categorisation": Jsonb(result.model_dump(mode="json"))},
-                )
-            if inserted:
-                metrics.TICKETS.labels(
-                    event="created",
-                    channel=row["channel"],
-                    department=result.department,
-                    priority=str(result.priority),
-                    category=result.category,
-                ).inc()
+                result = await self._categorise(conn, req, tally)
+            tally.flush()
+        return result
+
+    async def _categorise(
+        self, conn: AsyncConnection[dict[str, Any]], req: CategoriseRequest, tally: metrics.Tally
+    ) -> Categorisation:
+        row = await self._ticket(conn, req.ticket_id)
+        ticket = TicketIn.model_validate(
+            {
+                "subject": row["subject"],
+                "body": row["body"],
+                "channel": row["channel"],
+                "customer": {
+                    "name": row["customer_name"],
+                    "email": row["customer_email"],
+                    "type": row["customer_type"],
+                    "language": row["customer_language"],
+                    "region": row["customer_region"],
+                    "plan": row["customer_plan"],
+                },
+            }
+        )
+        earlier = await (
+            await conn.execute(
+                "SELECT 1 FROM tickets WHERE customer_email = %s AND id <> %s AND created_at <= %s LIMIT 1",
+                (row["customer_email"], req.ticket_id, row["created_at"]),
+            )
+        ).fetchone()
+        prediction = (
+            self.classifier.predict(f"{ticket.subject}\n{ticket.body}") if self.classifier is not None else None
+        )
+        result = categorise(ticket, self.config, prediction, first_time=earlier is None, at=req.at)
+        inserted = await self._audit(
+            conn,
+            AuditEntry(
+                ticket_id=req.ticket_id,
+                seq=req.seq,
+                event="categorised",
+                actor="rules",
+                at=req.at or datetime.now(UTC),
+                detail=result.model_dump(mode="json"),
+                ticket_update={
+                    "category": result.category,
+                    "priority": result.priority,
+                    "language": result.language,
+                    "department": result.department,
+                    "tags": list(dict.fromkeys([*row["tags"], *result.tags])),
+                },
+            ),
+            extra={"categorisation": Jsonb(result.model_dump(mode="json"))},
+        )
+        if inserted:
+            tally.inc(
+                metrics.TICKETS,
+                event="created",
+                channel=row["channel"],
+                department=result.department,
+                priority=str(result.priority),
+                category=result.category,
+            )
         return result
 
     @activity.defn(name=contract.LOAD_POLICY)
     async def load_policy(self, req: PolicyRequest) -> Policy:
+        return self._policy(req)
+
+    def _policy(self, req: PolicyRequest) -> Policy:
         cfg = self.config
         if req.department not in cfg.departments:
             raise ApplicationError(f"unknown department {req.department!r}", non_retryable=True)
@@ -302,53 +375,57 @@ class TicketActivities:
 
     @activity.defn(name=contract.ROUTE)
     async def route(self, req: RouteRequest) -> Routing:
+        async with self.pool.connection() as conn, conn.transaction():
+            return await self._route(conn, req)
+
+    async def _route(self, conn: AsyncConnection[dict[str, Any]], req: RouteRequest) -> Routing:
+        """The routing decision for this step: made once, and read back on a retry."""
         dept = self.config.departments.get(req.department)
         if dept is None:
             raise ApplicationError(f"unknown department {req.department!r}", non_retryable=True)
         queue = f"{req.department}:t{req.tier}"
-        async with self.pool.connection() as conn, conn.transaction():
-            prior = await (
-                await conn.execute(
-                    "SELECT department, tier, queue, agent, reason FROM routing_decisions"
-                    " WHERE ticket_id = %s AND step = %s",
-                    (req.ticket_id, req.step),
-                )
-            ).fetchone()
-            if prior is not None:
-                return Routing.model_validate(prior)
-            ticket = await self._ticket(conn, req.ticket_id)
-            routing = await self._assign(conn, dept, req, queue, ticket)
+        prior = await (
             await conn.execute(
-                "INSERT INTO routing_decisions (ticket_id, step, department, tier, queue, agent, reason, at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    req.ticket_id,
-                    req.step,
-                    routing.department,
-                    routing.tier,
-                    routing.queue,
-                    routing.agent,
-                    routing.reason,
-                    req.at,
-                ),
+                "SELECT department, tier, queue, agent, reason FROM routing_decisions"
+                " WHERE ticket_id = %s AND step = %s",
+                (req.ticket_id, req.step),
             )
-            await self._audit(
-                conn,
-                AuditEntry(
-                    ticket_id=req.ticket_id,
-                    seq=req.seq,
-                    event="routed",
-                    actor="router",
-                    at=req.at,
-                    detail=routing.model_dump(mode="json"),
-                    ticket_update={
-                        "department": routing.department,
-                        "tier": routing.tier,
-                        "queue": routing.queue,
-                        "assignee": routing.agent,
-                    },
-                ),
-            )
+        ).fetchone()
+        if prior is not None:
+            return Routing.model_validate(prior)
+        ticket = await self._ticket(conn, req.ticket_id)
+        routing = await self._assign(conn, dept, req, queue, ticket)
+        await conn.execute(
+            "INSERT INTO routing_decisions (ticket_id, step, department, tier, queue, agent, reason, at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                req.ticket_id,
+                req.step,
+                routing.department,
+                routing.tier,
+                routing.queue,
+                routing.agent,
+                routing.reason,
+                req.at,
+            ),
+        )
+        await self._audit(
+            conn,
+            AuditEntry(
+                ticket_id=req.ticket_id,
+                seq=req.seq,
+                event="routed",
+                actor="router",
+                at=req.at,
+                detail=routing.model_dump(mode="json"),
+                ticket_update={
+                    "department": routing.department,
+                    "tier": routing.tier,
+                    "queue": routing.queue,
+                    "assignee": routing.agent,
+                },
+            ),
+        )
         return routing
 
     async def _assign(
@@ -440,78 +517,82 @@ class TicketActivities:
         tally = metrics.Tally()
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                if not await self._audit(conn, entry):
-                    return  # a retry or a replay: written and counted before
-                row = await self._ticket(conn, entry.ticket_id)
-                dept, prio = row["department"] or "", row["priority"] or ""
-                if entry.sla_events:
-                    async with conn.cursor() as cur:
-                        await cur.executemany(
-                            "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds,"
-                            " target_seconds, business, fraction, department, priority, at)"
-                            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                            [
-                                (
-                                    entry.ticket_id,
-                                    entry.seq,
-                                    e.metric,
-                                    e.clock_started_at,
-                                    e.event,
-                                    e.elapsed_seconds,
-                                    e.target_seconds,
-                                    e.business,
-                                    e.fraction,
-                                    row["department"],
-                                    row["priority"],
-                                    entry.at,
-                                )
-                                for e in entry.sla_events
-                            ],
-                        )
-                    await self._count_sla(conn, entry, dept, prio, tally)
-                if entry.message is not None:
-                    m = entry.message
-                    await conn.execute(
-                        "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
-                        " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (entry.ticket_id, entry.seq, m.author_kind, m.author, m.body, m.external_message_id, entry.at),
-                    )
-                if entry.event in ("resolved", "reopened", "closed", "closed_as_spam"):
-                    tally.inc(
-                        metrics.TICKETS,
-                        event="closed" if entry.event == "closed_as_spam" else entry.event,
-                        channel=row["channel"],
-                        department=dept,
-                        priority=prio,
-                        category=row["category"] or "",
-                    )
-                elif entry.event in ("escalated", "deescalated"):
-                    d = entry.detail
-                    tally.inc(
-                        metrics.ESCALATIONS,
-                        department=dept,
-                        from_tier=d.get("from_tier", ""),
-                        to_tier=d.get("to_tier", ""),
-                        cause=d.get("cause", ""),
-                    )
-                elif entry.event == "survey_sent":
-                    tally.inc(metrics.CSAT_SURVEYS, department=dept)
-                elif entry.event == "notification_bounced":
-                    bounced = await (
-                        await conn.execute(
-                            "UPDATE outbox SET status = 'bounced', last_error = %s, failed_at = %s"
-                            " WHERE ticket_id = %s AND message_id = %s RETURNING template",
-                            (
-                                entry.detail.get("diagnostic") or "bounced",
-                                entry.at,
-                                entry.ticket_id,
-                                entry.detail["message_id"],
-                            ),
-                        )
-                    ).fetchone()
-                    if bounced is not None:
-                        tally.inc(metrics.NOTIFICATIONS, template=bounced["template"], outcome="bounced")
+                await self._record(conn, entry, tally)
             tally.flush()  # counted once the rows are committed, before anything else can fail
+
+    async def _record(self, conn: AsyncConnection[dict[str, Any]], entry: AuditEntry, tally: metrics.Tally) -> None:
+        """The entry, its SLA events and message, with the metrics it moves held in `tally`."""
+        if not await self._audit(conn, entry):
+            return  # a retry or a replay: written and counted before
+        row = await self._ticket(conn, entry.ticket_id)
+        dept, prio = row["department"] or "", row["priority"] or ""
+        if entry.sla_events:
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds,"
+                    " target_seconds, business, fraction, department, priority, at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            entry.ticket_id,
+                            entry.seq,
+                            e.metric,
+                            e.clock_started_at,
+                            e.event,
+                            e.elapsed_seconds,
+                            e.target_seconds,
+                            e.business,
+                            e.fraction,
+                            row["department"],
+                            row["priority"],
+                            entry.at,
+                        )
+                        for e in entry.sla_events
+                    ],
+                )
+            await self._count_sla(conn, entry, dept, prio, tally)
+        if entry.message is not None:
+            m = entry.message
+            await conn.execute(
+                "INSERT INTO messages (ticket_id, seq, author_kind, author, body, external_message_id,"
+                " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (entry.ticket_id, entry.seq, m.author_kind, m.author, m.body, m.external_message_id, entry.at),
+            )
+        if entry.event in ("resolved", "reopened", "closed", "closed_as_spam"):
+            tally.inc(
+                metrics.TICKETS,
+                event="closed" if entry.event == "closed_as_spam" else entry.event,
+                channel=row["channel"],
+                department=dept,
+                priority=prio,
+                category=row["category"] or "",
+            )
+        elif entry.event in ("escalated", "deescalated"):
+            d = entry.detail
+            tally.inc(
+                metrics.ESCALATIONS,
+                department=dept,
+                from_tier=d.get("from_tier", ""),
+                to_tier=d.get("to_tier", ""),
+                cause=d.get("cause", ""),
+            )
+        elif entry.event == "survey_sent":
+            tally.inc(metrics.CSAT_SURVEYS, department=dept)
+        elif entry.event == "notification_bounced":
+            bounced = await (
+                await conn.execute(
+                    "UPDATE outbox SET status = 'bounced', last_error = %s, failed_at = %s"
+                    " WHERE ticket_id = %s AND message_id = %s RETURNING template",
+                    (
+                        entry.detail.get("diagnostic") or "bounced",
+                        entry.at,
+                        entry.ticket_id,
+                        entry.detail["message_id"],
+                    ),
+                )
+            ).fetchone()
+            if bounced is not None:
+                tally.inc(metrics.NOTIFICATIONS, template=bounced["template"], outcome="bounced")
 
     @staticmethod
     async def _count_sla(

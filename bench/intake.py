@@ -15,7 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
+from collections import Counter
 from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
 
 from bench.common import (
     CpuMeter,
@@ -41,6 +45,7 @@ from bench.load import (
     wait_floor,
 )
 from starter.client import TicketClient
+from ticketflow.ids import workflow_id
 
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"rates": [5, 10, 20, 40, 80], "step_seconds": 4.0, "min_step": 20, "burst": 100},
@@ -73,6 +78,7 @@ class Intake:
         self.tickets = TicketClient(stack.client, task_queue)
         self.task_queue, self.floor_queue = task_queue, floor_queue
         self.batches = 0
+        self.last: dict[str, str] = {}  # kind -> one workflow id of its last batch
 
     async def batch(self, kind: str, n: int, rate: float | None, concurrency: int) -> dict[str, Any]:
         """One batch of `kind` (floor, or pipeline through the client SDK) and its figures."""
@@ -86,6 +92,8 @@ class Intake:
         meter = CpuMeter(self.stack).start()
         submitted = await submit_all(items, submit, rate=rate, concurrency=concurrency)
         ids = [s.key for s in submitted if s.error is None]
+        if ids:
+            self.last[kind] = ids[-1] if kind == "floor" else workflow_id(ids[-1])
         if kind == "floor":
             done = await wait_floor(self.client, ids, timeout)
             figures = step_figures(submitted, done)
@@ -103,6 +111,20 @@ class Intake:
         figures["cpu_ms_per_item"] = meter.per_item(figures["completed"])
         figures["cpu_busy_share"] = {k: round(v / meter.wall, 3) for k, v in meter.used.items()} if meter.wall else {}
         return figures
+
+
+async def history_shape(client: Client, wid: str) -> dict[str, int]:
+    """What one workflow wrote to its history so far: server work grows with events, tasks and upserts."""
+    history = await client.get_workflow_handle(wid).fetch_history()
+    kinds = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events)
+    return {
+        "events": len(history.events),
+        "workflow_tasks": kinds["WORKFLOW_TASK_COMPLETED"],
+        "activities": kinds["ACTIVITY_TASK_SCHEDULED"],
+        "markers": kinds["MARKER_RECORDED"],
+        "search_attribute_upserts": kinds["UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"],
+        "timers": kinds["TIMER_STARTED"],
+    }
 
 
 def saturated(f: dict[str, Any]) -> bool:
@@ -142,6 +164,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         console.log(f"capacity bursts of {args.burst} with {args.concurrency} callers")
         bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in ("floor", "pipeline")}
+        shapes = {kind: await history_shape(bench.client, wid) for kind, wid in bench.last.items()}
         # Variants of the worker, each a before/after of one candidate gain:
         # - no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the
         #   sandbox compiles workflows/ticket.py from source for every workflow it creates;
@@ -210,6 +233,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     pipeline_cap = bursts["pipeline"]["makespan_per_s"]
     ratio = pipeline_cap / floor_cap if floor_cap and pipeline_cap else None
+    table(
+        "history of one workflow, once acknowledged (floor: completed)",
+        ["kind", *next(iter(shapes.values()), {}).keys()],
+        [[kind, *shape.values()] for kind, shape in shapes.items()],
+    )
     console.print(
         f"pipeline / floor at capacity: [bold]{fmt(ratio, 2)}[/] (target 0.8); best sustained in the ramp: "
         f"pipeline {fmt(best['pipeline'])}/s, floor {fmt(best['floor'])}/s"
@@ -221,6 +249,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "bursts": bursts,
         "ratio_pipeline_to_floor": ratio,
         "best_per_s": best,
+        "history": shapes,
     }
 
 

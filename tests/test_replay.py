@@ -29,7 +29,7 @@ from workflows.ticket import TicketWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded histories are named for the workflow version that produced them; all of them replay.
-RECORDING_AS = "v6-steps-as-activities"
+RECORDING_AS = "v7-open-in-one-step"
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 WORKFLOW_TYPE = "TicketWorkflow"
 
 # activities
+OPEN_TICKET = "open_ticket"  # intake, categorise, policy, route and `opened` in one transaction
 INTAKE = "intake"
 CATEGORISE = "categorise"
 LOAD_POLICY = "load_policy"

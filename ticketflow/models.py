@@ -224,6 +224,16 @@ class SlaClock(BaseModel):
         if self.running_since is None and self.active:
             self.running_since = now
 
+    def started_event(self) -> SlaEvent:
+        return SlaEvent(
+            metric=self.metric,
+            clock_started_at=self.started_at,
+            event="started",
+            elapsed_seconds=0.0,
+            target_seconds=self.target_seconds,
+            business=self.business,
+        )
+
 
 # --- Messages to a live ticket --------------------------------------------------------------------
 
@@ -382,6 +392,25 @@ class Policy(BaseModel):
             "resolution": self.resolution_seconds,
         }[metric]
 
+    def clock(self, metric: str, target: int, at: datetime, running: bool = True) -> SlaClock:
+        """A new clock under this policy (a tier budget gets no reminders)."""
+        return SlaClock(
+            metric=metric,
+            target_seconds=target,
+            started_at=at,
+            business=self.business.get(metric, False),
+            running_since=at if running else None,
+            reminder_fractions=self.reminder_fractions if metric != "tier" else [],
+        )
+
+    def opening_clocks(self, at: datetime) -> dict[str, SlaClock]:
+        """The SLA clocks a ticket opens with. The opening step records them and the workflow keeps
+        them, so both take them from here."""
+        return {
+            "first_response": self.clock("first_response", self.first_response_seconds, at),
+            "resolution": self.clock("resolution", self.resolution_seconds, at),
+        }
+
 
 class PolicyRequest(BaseModel):
     department: str
@@ -514,6 +543,22 @@ class IntakeRequest(BaseModel):
     ticket_id: str
     raw: dict[str, Any]
     received_at: datetime
+
+
+class OpenRequest(BaseModel):
+    """The whole opening of a ticket as one step: intake, categorisation, policy, routing, `opened`."""
+
+    ticket_id: str
+    raw: dict[str, Any]
+    at: datetime  # workflow time: received, categorised, routed and opened at this instant
+
+
+class OpenResult(BaseModel):
+    intake: IntakeResult
+    categorisation: Categorisation
+    policy: Policy | None = None  # None (with routing) when an automation rule marked the ticket spam
+    routing: Routing | None = None
+    audit_seq: int  # the last audit entry the step wrote
 
 
 class CategoriseRequest(BaseModel):

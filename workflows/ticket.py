@@ -37,6 +37,8 @@ with workflow.unsafe.imports_passed_through():
         MessageRecord,
         Notification,
         NotificationResult,
+        OpenRequest,
+        OpenResult,
         PendRequest,
         Policy,
         PolicyRequest,
@@ -78,6 +80,12 @@ PATCH_LOCAL_STEPS = "local-steps"
 # injection suite (a local activity's result matched to another step after a worker restart). Tickets that
 # recorded the local-steps marker keep it; every other ticket runs its steps as normal activities.
 PATCH_STEPS_AS_ACTIVITIES = "steps-as-activities"
+# A new ticket opens in one activity (intake, categorisation, policy, routing and the `opened` entry in one
+# transaction) instead of five. This marker also stands for every patch above: each `patched()` call writes
+# a marker and a TemporalChangeVersion search-attribute upsert (a visibility write on the server), five per
+# ticket opened before, so a run that records it asks for no other. A later patch takes its place as the
+# run's one marker and implies it in turn.
+PATCH_OPEN_IN_ONE_STEP = "open-in-one-step"
 # A step still failing after this long (a database outage) retries on durable timers, visible in the history,
 # instead of holding the workflow task open.
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
@@ -121,14 +129,16 @@ class TicketWorkflow:
         self._published: dict[str, Any] = {}
         self._mail_in_flight = 0
         self._customer_mail: asyncio.Task[None] | None = None  # the last customer mail, for ordering
+        self._current: bool | None = None  # whether this run recorded the newest patch (None: not asked yet)
 
     # --- the lifecycle ---------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: TicketWorkflowInput) -> TicketState:
+        self._is_current()  # first, so every run records its marker at the same point
         if input.resume is None:
-            self.state.sla_v2 = workflow.patched(PATCH_SLA_V2)
-            self.state.notices_v3 = workflow.patched(PATCH_NOTICES)
+            self.state.sla_v2 = self._since(PATCH_SLA_V2)
+            self.state.notices_v3 = self._since(PATCH_NOTICES)
             await self._open(input.ticket or {}, imported=input.imported)
         self._publish_search_attributes()
 
@@ -144,44 +154,41 @@ class TicketWorkflow:
         await self._quiesce()
         return self.state
 
+    def _is_current(self) -> bool:
+        """A new run records the newest patch and nothing else; a run replayed from an older history finds
+        no such marker and asks for the patches it has one by one."""
+        if self._current is None:
+            self._current = workflow.patched(PATCH_OPEN_IN_ONE_STEP)
+        return self._current
+
+    def _since(self, patch: str) -> bool:
+        """Whether this run has the behaviour `patch` introduced."""
+        return self._is_current() or workflow.patched(patch)
+
     async def _quiesce(self) -> None:
         """Before the run ends: every handler finished and every mail of this run delivered."""
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() and self._mail_in_flight == 0)
 
     async def _open(self, raw: dict[str, Any], imported: bool = False) -> None:
+        if self._since(PATCH_OPEN_IN_ONE_STEP):
+            await self._open_in_one_step(raw, imported)
+            return
         now = workflow.now()
-        try:
-            intake = await self._activity(
-                contract.INTAKE,
-                IntakeRequest(ticket_id=self.state.ticket_id, raw=raw, received_at=now),
-                IntakeResult,
-            )
-        except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == contract.INVALID_TICKET:
-                # Fail the workflow with the field-level message; nothing was persisted.
-                raise ApplicationError(
-                    cause.message, *cause.details, type=contract.INVALID_TICKET, non_retryable=True
-                ) from err
-            raise
+        intake = await self._intake(
+            contract.INTAKE, IntakeRequest(ticket_id=self.state.ticket_id, raw=raw, received_at=now), IntakeResult
+        )
         s = self.state
-        s.channel, s.customer_type, s.created_at = intake.channel, intake.customer_type, intake.created_at
+        self._admitted(intake)
         s.audit_seq = max(s.audit_seq, 1)  # seq 1 is the 'created' entry written by intake
-        s.messages = 1  # the customer's opening message
 
         cat = await self._activity(
             contract.CATEGORISE,
             CategoriseRequest(ticket_id=s.ticket_id, seq=self._next_seq(), at=workflow.now()),
             Categorisation,
         )
-        s.category, s.department, s.priority, s.language = cat.category, cat.department, cat.priority, cat.language
-        s.categorisation_reasons = cat.reasons
-        if cat.spam:  # an automation rule marked it: closed at once, nobody notified, the record kept
-            s.status = Status.CLOSED
-            now = workflow.now()
-            await self._record(
-                "closed_as_spam", "rules", {"reasons": cat.reasons}, update={"status": Status.CLOSED, "closed_at": now}
-            )
+        self._categorised(cat)
+        if cat.spam:
+            await self._close_as_spam(cat)
             return
         s.policy = await self._load_policy()
 
@@ -201,6 +208,55 @@ class TicketWorkflow:
         )
         if not imported:  # a ticket migrated from another help desk was acknowledged there long ago
             await self._notify("acknowledgement", "customer", key=f"ack:{s.ticket_id}")
+
+    async def _open_in_one_step(self, raw: dict[str, Any], imported: bool) -> None:
+        s, now = self.state, workflow.now()
+        opened = await self._intake(
+            contract.OPEN_TICKET, OpenRequest(ticket_id=s.ticket_id, raw=raw, at=now), OpenResult
+        )
+        self._admitted(opened.intake)
+        self._categorised(opened.categorisation)
+        s.audit_seq = max(s.audit_seq, opened.audit_seq)
+        if opened.policy is None or opened.routing is None:
+            await self._close_as_spam(opened.categorisation)
+            return
+        s.policy = opened.policy
+        s.sla = s.policy.opening_clocks(now)  # the clocks the step recorded as started
+        self._routed(opened.routing, 1, now)
+        s.status = Status.OPEN
+        if not imported:
+            await self._notify("acknowledgement", "customer", key=f"ack:{s.ticket_id}")
+
+    async def _intake(self, name: str, arg: Any, result_type: type[T]) -> T:
+        """The first step: a ticket that fails validation fails the workflow with the field-level message."""
+        try:
+            return await self._activity(name, arg, result_type)
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == contract.INVALID_TICKET:
+                raise ApplicationError(
+                    cause.message, *cause.details, type=contract.INVALID_TICKET, non_retryable=True
+                ) from err
+            raise
+
+    def _admitted(self, intake: IntakeResult) -> None:
+        s = self.state
+        s.channel, s.customer_type, s.created_at = intake.channel, intake.customer_type, intake.created_at
+        s.messages = 1  # the customer's opening message
+
+    def _categorised(self, cat: Categorisation) -> None:
+        s = self.state
+        s.category, s.department, s.priority, s.language = cat.category, cat.department, cat.priority, cat.language
+        s.categorisation_reasons = cat.reasons
+
+    async def _close_as_spam(self, cat: Categorisation) -> None:
+        """An automation rule marked it: closed at once, nobody notified, the record kept."""
+        s = self.state
+        s.status = Status.CLOSED
+        now = workflow.now()
+        await self._record(
+            "closed_as_spam", "rules", {"reasons": cat.reasons}, update={"status": Status.CLOSED, "closed_at": now}
+        )
 
     async def _sleep_until_next_event(self) -> None:
         self._changed = False
@@ -396,10 +452,15 @@ class TicketWorkflow:
             ),
             Routing,
         )
+        self._routed(routing, tier, at)
+        return routing
+
+    def _routed(self, routing: Routing, tier: int, at: datetime) -> None:
+        s = self.state
+        assert s.policy is not None
         s.tier, s.queue, s.assignee = routing.tier, routing.queue, routing.agent
         running = s.status != Status.PENDING
         s.tier_clock = self._new_clock("tier", s.policy.tier_budget_seconds[tier], at, running=running)
-        return routing
 
     async def _escalate(self, to_tier: int, cause: str, reason: str) -> None:
         s, now = self.state, workflow.now()
@@ -429,15 +490,14 @@ class TicketWorkflow:
 
     def _new_clock(self, metric: str, target: int, at: datetime, running: bool = True) -> SlaClock:
         policy = self.state.policy
-        fractions = policy.reminder_fractions if policy and metric != "tier" else []
-        business = bool(self.state.sla_v2 and policy and policy.business.get(metric, False))
-        return SlaClock(
+        if policy is not None and self.state.sla_v2:
+            return policy.clock(metric, target, at, running)
+        return SlaClock(  # tickets from before business hours count calendar time
             metric=metric,
             target_seconds=target,
             started_at=at,
-            business=business,
             running_since=at if running else None,
-            reminder_fractions=fractions,
+            reminder_fractions=policy.reminder_fractions if policy and metric != "tier" else [],
         )
 
     @property
@@ -489,7 +549,7 @@ class TicketWorkflow:
             for c in self._timed_clocks()
             if c.metric in metrics and not c.breached and self._reached(c, c.target_seconds, now)
         ]
-        if not overdue or not workflow.patched(PATCH_BREACH_AT_FULFIL):
+        if not overdue or not self._since(PATCH_BREACH_AT_FULFIL):
             return
         for clock in overdue:
             clock.breached = True
@@ -550,7 +610,7 @@ class TicketWorkflow:
 
     async def _activity(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
         """A database or policy step: milliseconds of work, idempotent by its key."""
-        if not workflow.patched(PATCH_STEPS_AS_ACTIVITIES) and workflow.patched(PATCH_LOCAL_STEPS):
+        if not self._since(PATCH_STEPS_AS_ACTIVITIES) and workflow.patched(PATCH_LOCAL_STEPS):
             local: T = await workflow.execute_local_activity(
                 name,
                 arg,
@@ -608,7 +668,7 @@ class TicketWorkflow:
         )
 
     async def _send(self, note: Notification) -> None:
-        if not workflow.patched(PATCH_MAIL_IN_BACKGROUND):
+        if not self._since(PATCH_MAIL_IN_BACKGROUND):
             await self._deliver(note)  # histories from before the patch waited for every mail
             return
         after = self._customer_mail if note.to == "customer" else None

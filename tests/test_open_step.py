@@ -1,0 +1,162 @@
+"""Opening a ticket in one step: one activity, one transaction, written once however often it runs.
+
+The step replaced five activities (intake, categorise, load_policy, route and the `opened` entry) to cut
+the history and workflow tasks per ticket (bench.intake measures the gain). What it must keep: a retry
+after a commit repeats the first attempt's decisions and writes nothing twice, a failure half-way leaves
+nothing behind, and the workflow's clocks are the ones the step recorded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from activities import TicketActivities
+from activities.mail import SmtpSettings
+from starter.client import TicketClient
+from tests.conftest import StartRecorder, WorkerFactory, mail_settled, terminate_leftovers
+from tests.factories import ticket
+from ticketflow.config import Config
+from ticketflow.ids import ticket_id_for, workflow_id
+from ticketflow.models import OpenRequest, RouteRequest, Routing, Status
+
+Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+
+
+async def rows(pool: Pool, tid: str) -> dict[str, Any]:
+    async with pool.connection() as conn:
+
+        async def all_of(sql: str) -> list[dict[str, Any]]:
+            return await (await conn.execute(sql, (tid,))).fetchall()
+
+        return {
+            "ticket": await all_of("SELECT status, department, priority, tier, assignee FROM tickets WHERE id = %s"),
+            "audit": await all_of("SELECT seq, event FROM audit_log WHERE ticket_id = %s ORDER BY seq"),
+            "routing": await all_of("SELECT step, agent FROM routing_decisions WHERE ticket_id = %s"),
+            "sla": await all_of(
+                "SELECT metric, event, elapsed_seconds, target_seconds, business FROM sla_events"
+                " WHERE ticket_id = %s ORDER BY metric"
+            ),
+            "messages": await all_of("SELECT seq FROM messages WHERE ticket_id = %s"),
+        }
+
+
+def created_count(department: str, priority: str, category: str) -> float:
+    labels = {"event": "created", "channel": "email", "department": department, "priority": priority}
+    return REGISTRY.get_sample_value("ticketflow_tickets_total", {**labels, "category": category}) or 0.0
+
+
+async def test_a_retried_opening_repeats_its_decisions_and_writes_nothing_twice(
+    pool: Pool, config: Config, smtp_settings: SmtpSettings
+) -> None:
+    acts = TicketActivities(pool, config, smtp_settings)
+    tid, at = ticket_id_for(None), datetime.now(UTC)
+    req = OpenRequest(ticket_id=tid, raw=ticket(subject="Refund for invoice 77", body="Charged twice."), at=at)
+
+    first = await acts.open_ticket(req)
+    assert first.policy is not None and first.routing is not None and first.audit_seq == 4
+    cat = first.categorisation
+    counted = created_count(cat.department, str(cat.priority), cat.category)
+    again = await acts.open_ticket(req)  # what a retry does when the first attempt committed but its reply was lost
+
+    assert again == first.model_copy(update={"intake": first.intake.model_copy(update={"already_existed": True})})
+    assert created_count(cat.department, str(cat.priority), cat.category) == counted  # counted once, not twice
+    found = await rows(pool, tid)
+    assert [(a["seq"], a["event"]) for a in found["audit"]] == [
+        (1, "created"),
+        (2, "categorised"),
+        (3, "routed"),
+        (4, "opened"),
+    ]
+    assert found["ticket"] == [
+        {
+            "status": "open",
+            "department": cat.department,
+            "priority": str(cat.priority),
+            "tier": 1,
+            "assignee": first.routing.agent,
+        }
+    ]
+    assert found["routing"] == [{"step": "route:3", "agent": first.routing.agent}]
+    assert len(found["messages"]) == 1
+    clocks = first.policy.opening_clocks(at)  # what the workflow keeps is what was recorded as started
+    assert found["sla"] == [
+        {
+            "metric": m,
+            "event": "started",
+            "elapsed_seconds": 0.0,
+            "target_seconds": c.target_seconds,
+            "business": c.business,
+        }
+        for m, c in sorted(clocks.items())
+    ]
+
+
+class FailingRoute(TicketActivities):
+    """Routing fails once, after intake and categorisation have run inside the same transaction."""
+
+    failures = 1
+
+    async def _route(self, conn: AsyncConnection[dict[str, Any]], req: RouteRequest) -> Routing:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the database went away mid-step")
+        return await super()._route(conn, req)
+
+
+async def test_an_opening_that_fails_half_way_leaves_nothing_and_the_retry_writes_it_whole(
+    pool: Pool, config: Config, smtp_settings: SmtpSettings
+) -> None:
+    acts = FailingRoute(pool, config, smtp_settings)
+    tid = ticket_id_for(None)
+    req = OpenRequest(ticket_id=tid, raw=ticket(), at=datetime.now(UTC))
+
+    with pytest.raises(ConnectionError):
+        await acts.open_ticket(req)
+    assert await rows(pool, tid) == {"ticket": [], "audit": [], "routing": [], "sla": [], "messages": []}
+
+    opened = await acts.open_ticket(req)  # the activity's retry
+    assert not opened.intake.already_existed  # nothing of the failed attempt survived to be found
+    found = await rows(pool, tid)
+    assert [a["event"] for a in found["audit"]] == ["created", "categorised", "routed", "opened"]
+    assert len(found["routing"]) == 1 and len(found["sla"]) == 2
+
+
+async def test_a_new_ticket_opens_in_one_activity(
+    dev_client: Client, make_worker: WorkerFactory, task_queue: str
+) -> None:
+    """On the real server, the history of an opening: one `open_ticket`, the acknowledgement, three workflow
+    tasks and one patch marker (each marker also costs a visibility write)."""
+    recorder = StartRecorder()
+    config = dev_client.config()
+    config["interceptors"] = [recorder]
+    client = Client(**config)
+    tickets = TicketClient(client, task_queue)
+    try:
+        async with make_worker(client, task_queue):
+            tid = (await tickets.open(ticket())).ticket_id
+            state = await tickets.wait_for(tid, Status.OPEN)
+            await mail_settled(client, tid)
+            history = await client.get_workflow_handle(workflow_id(tid)).fetch_history()
+    finally:
+        await terminate_leftovers(client, recorder.ids)
+    scheduled = Counter(
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    )
+    assert scheduled == {"open_ticket": 1, "notify": 1}
+    assert state.tier == 1 and state.assignee and {c.metric for c in state.clocks} >= {"first_response", "resolution"}
+    kinds = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events)
+    assert kinds["WORKFLOW_TASK_COMPLETED"] == 3, kinds  # started, opened, acknowledged
+    assert kinds["MARKER_RECORDED"] == 1, kinds  # the newest patch stands for all the earlier ones
+    assert kinds["UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 2, kinds  # the marker's and the ticket's own
+    assert len(history.events) == 20, kinds
