@@ -26,7 +26,7 @@ from activities.db import migrate, open_pool
 from activities.health import Health, serve
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
-from ticketflow.config import Config, Settings
+from ticketflow.config import Config, Settings, WorkflowSandbox
 from ticketflow.temporal import connect
 from workflows import TicketWorkflow
 
@@ -37,8 +37,16 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 PASSTHROUGH = ("ticketflow", "pydantic", "pydantic_core", "annotated_types", "email_validator")
 
 
-def sandbox_runner() -> SandboxedWorkflowRunner:
-    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH))
+def sandbox_runner(sandbox: WorkflowSandbox = "strict") -> SandboxedWorkflowRunner:
+    """`strict`: the SDK's default, which imports the workflow module anew for every workflow it creates, so
+    a clock, randomness or I/O reached through any import fails the workflow task. `shared`: the module is
+    imported once and shared (it holds constants only); built-ins such as `open` are still refused, but a
+    `datetime.now()` through a module import is not, so the tests run `strict` and
+    `tests/test_workflow_code.py` refuses such calls in the source. bench.intake measures the difference."""
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+    if sandbox == "shared":
+        restrictions = restrictions.with_passthrough_all_modules()
+    return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
 def activity_list(acts: TicketActivities) -> list[Any]:
@@ -63,6 +71,7 @@ def build_worker(
     activities: TicketActivities | None = None,
     model_dir: Path | None = None,
     survey_links: SurveyLinks | None = None,
+    sandbox: WorkflowSandbox = "strict",
     **worker_options: Any,
 ) -> Worker:
     classifier = None
@@ -78,7 +87,7 @@ def build_worker(
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
         activities=activity_list(acts),
-        workflow_runner=sandbox_runner(),
+        workflow_runner=sandbox_runner(sandbox),
         graceful_shutdown_timeout=worker_options.pop("graceful_shutdown_timeout", GRACEFUL_SHUTDOWN),
         **worker_options,
     )
@@ -158,6 +167,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             smtp_settings(settings),
             model_dir=settings.model_dir,
             survey_links=links,
+            sandbox=settings.workflow_sandbox,
         )
         async with worker:
             health.polling = True

@@ -219,7 +219,7 @@ class WorkerOptions:
     # (pip compiles on install). False is an editable install under PYTHONDONTWRITEBYTECODE=1, as on this
     # project's development machines: workflows/ticket.py is compiled from source for every new workflow.
     bytecode: bool = True
-    sandbox: bool = True  # False: workflows run unsandboxed, to measure what the sandbox costs
+    sandbox: str = "strict"  # "shared" (TICKETFLOW_WORKFLOW_SANDBOX), or "off": unsandboxed, what the sandbox costs
 
 
 @dataclass
@@ -299,8 +299,7 @@ class Stack:
         ]
         port = free_port() if options.metrics else 0
         args += ["--sdk-metrics-port", str(port)]
-        if not options.sandbox:
-            args.append("--no-sandbox")
+        args += ["--sandbox", options.sandbox]
         if options.task_queue:
             args += ["--task-queue", options.task_queue]
         if options.floor_queue:

@@ -168,10 +168,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Variants of the worker, each a before/after of one candidate gain:
         # - no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the
         #   sandbox compiles workflows/ticket.py from source for every workflow it creates;
-        # - no sandbox: what the sandbox's per-workflow module imports and import checks cost.
+        # - the shared sandbox (TICKETFLOW_WORKFLOW_SANDBOX=shared): the workflow module imported once;
+        # - no sandbox: what the sandbox's per-workflow module imports and run-time checks cost.
         for name, variant in (
             ("pipeline_no_bytecode", WorkerOptions(bytecode=False)),
-            ("pipeline_unsandboxed", WorkerOptions(sandbox=False)),
+            ("pipeline_shared_sandbox", WorkerOptions(sandbox="shared")),
+            ("pipeline_unsandboxed", WorkerOptions(sandbox="off")),
         ):
             await stack.stop_worker(worker)
             variant.task_queue, variant.floor_queue = queue, floor_queue

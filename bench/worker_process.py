@@ -21,7 +21,7 @@ from activities.db import open_pool
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
 from bench.floor import BenchFloorWorkflow
-from ticketflow.config import Config, default_config
+from ticketflow.config import Config, WorkflowSandbox, default_config
 from ticketflow.temporal import connect
 
 SURVEY_LINKS = SurveyLinks("http://survey.bench.invalid", b"bench-survey-secret-not-for-production")
@@ -40,7 +40,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=10, help="database pool size (TICKETFLOW_DB_POOL_MAX default)")
     p.add_argument("--sdk-metrics-port", type=int, default=0)
     p.add_argument(
-        "--no-sandbox", action="store_true", help="run workflows unsandboxed (what the sandbox costs; not the product)"
+        "--sandbox",
+        choices=("strict", "shared", "off"),
+        default="strict",
+        help="the ticket workflow's sandbox (TICKETFLOW_WORKFLOW_SANDBOX); off: unsandboxed, not the product",
     )
     return p.parse_args(argv)
 
@@ -48,8 +51,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     bind = f"127.0.0.1:{args.sdk_metrics_port}" if args.sdk_metrics_port else None
     client = await connect(args.temporal, sdk_metrics_bind=bind)
-    if args.no_sandbox:  # the product's build_worker always sandboxes: swap the runner it asks for
-        worker.sandbox_runner = UnsandboxedWorkflowRunner  # type: ignore[assignment]
+    floor_runner = worker.sandbox_runner()  # the floor: the SDK's default sandbox, whatever the variant
+    sandbox: WorkflowSandbox = "shared" if args.sandbox == "shared" else "strict"
+    if args.sandbox == "off":  # the product's build_worker always sandboxes: swap the runner it asks for
+
+        def unsandboxed(_mode: WorkflowSandbox = "strict") -> Any:
+            return UnsandboxedWorkflowRunner()
+
+        worker.sandbox_runner = unsandboxed  # type: ignore[assignment]
     config = Config.model_validate_json(args.config.read_text("utf-8")) if args.config else default_config()
     options: dict[str, Any] = {"max_cached_workflows": args.max_cached, "graceful_shutdown_timeout": DRAIN}
     stop = asyncio.Event()
@@ -63,7 +72,14 @@ async def run(args: argparse.Namespace) -> None:
                 smtp = SmtpSettings(host="127.0.0.1", port=args.smtp_port)
                 await workers.enter_async_context(
                     worker.build_worker(
-                        client, args.task_queue, pool, config, smtp, survey_links=SURVEY_LINKS, **options
+                        client,
+                        args.task_queue,
+                        pool,
+                        config,
+                        smtp,
+                        survey_links=SURVEY_LINKS,
+                        sandbox=sandbox,
+                        **options,
                     )
                 )
             if args.floor_queue:
@@ -71,7 +87,7 @@ async def run(args: argparse.Namespace) -> None:
                     client,
                     task_queue=args.floor_queue,
                     workflows=[BenchFloorWorkflow],
-                    workflow_runner=worker.sandbox_runner(),
+                    workflow_runner=floor_runner,
                     **options,
                 )
                 await workers.enter_async_context(floor)

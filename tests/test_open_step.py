@@ -22,11 +22,12 @@ from temporalio.client import Client
 from activities import TicketActivities
 from activities.mail import SmtpSettings
 from starter.client import TicketClient
-from tests.conftest import StartRecorder, WorkerFactory, mail_settled, terminate_leftovers
+from tests.conftest import SURVEY_LINKS, StartRecorder, mail_settled, terminate_leftovers
 from tests.factories import ticket
-from ticketflow.config import Config
+from ticketflow.config import Config, WorkflowSandbox
 from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import OpenRequest, RouteRequest, Routing, Status
+from worker import build_worker
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
 
@@ -130,18 +131,25 @@ async def test_an_opening_that_fails_half_way_leaves_nothing_and_the_retry_write
     assert len(found["routing"]) == 1 and len(found["sla"]) == 2
 
 
+@pytest.mark.parametrize("sandbox", ["strict", "shared"])
 async def test_a_new_ticket_opens_in_one_activity(
-    dev_client: Client, make_worker: WorkerFactory, task_queue: str
+    dev_client: Client,
+    pool: Pool,
+    config: Config,
+    smtp_settings: SmtpSettings,
+    task_queue: str,
+    sandbox: WorkflowSandbox,
 ) -> None:
-    """On the real server, the history of an opening: one `open_ticket`, the acknowledgement, three workflow
-    tasks and one patch marker (each marker also costs a visibility write)."""
+    """On the real server, under either sandbox, the history of an opening: one `open_ticket`, the
+    acknowledgement, three workflow tasks and one patch marker (each marker also costs a visibility write)."""
     recorder = StartRecorder()
-    config = dev_client.config()
-    config["interceptors"] = [recorder]
-    client = Client(**config)
+    client_config = dev_client.config()
+    client_config["interceptors"] = [recorder]
+    client = Client(**client_config)
     tickets = TicketClient(client, task_queue)
+    acts = TicketActivities(pool, config, smtp_settings, survey_links=SURVEY_LINKS)
     try:
-        async with make_worker(client, task_queue):
+        async with build_worker(client, task_queue, pool, config, smtp_settings, activities=acts, sandbox=sandbox):
             tid = (await tickets.open(ticket())).ticket_id
             state = await tickets.wait_for(tid, Status.OPEN)
             await mail_settled(client, tid)

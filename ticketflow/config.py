@@ -368,6 +368,9 @@ def default_config() -> Config:
     return load_config()
 
 
+WorkflowSandbox = Literal["strict", "shared"]
+
+
 class Settings(BaseSettings):
     """Process settings (where things run), from TICKETFLOW_* variables or a .env file."""
 
@@ -393,6 +396,7 @@ class Settings(BaseSettings):
     intake_http_port: int = 8088  # web form / chat / API intake; 0 disables it in `ticketflow dev`
     intake_metrics_port: int = 0  # /metrics of `ticketflow mail-intake` on its own (http-intake serves /metrics)
     db_pool_max: int = 10
+    workflow_sandbox: WorkflowSandbox = "strict"  # or "shared": see worker.sandbox_runner
     survey_http_host: str = "127.0.0.1"
     survey_http_port: int = 8089  # the CSAT survey pages; 0 disables them in `ticketflow dev`
     survey_url: str = "http://127.0.0.1:8089"  # public base URL of the survey pages, used in survey links
