@@ -75,6 +75,10 @@ class TemporalDevServer:
             "--log-level",
             "warn",
             *search.cli_flags(),
+            # An activity a workflow task schedules on the worker's own queue starts in the response to that
+            # task, without a round trip through matching (the SDK asks for it; the server's default is off).
+            "--dynamic-config-value",
+            "system.enableActivityEagerExecution=true",
             *self.extra_args,
         ]
         if self.ui_port:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from starter.devstack import free_port, port_open
+from starter.devstack import TemporalDevServer, free_port, port_open
 from ticketflow import search
 from ticketflow.config import Settings
 from ticketflow.temporal import venv_binary
@@ -482,3 +482,17 @@ def test_grafana_provisions_both_data_sources_and_the_dashboards_folder() -> Non
     for braced, plain in re.findall(r"\$__env\{(\w+)\}|\$\{(\w+)\}", text):
         variable = braced or plain
         assert variable in env, f"datasources.yml reads {variable}, which the grafana service does not set"
+
+
+def test_the_production_server_gets_the_dynamic_config_the_dev_server_runs_with() -> None:
+    """Eager activity execution is off in a stock server: compose mounts the file that turns it on, with the
+    value `ticketflow dev` passes on the command line, so production runs what the benchmarks measured."""
+    temporal = COMPOSE["services"]["temporal"]
+    path = temporal["environment"]["DYNAMIC_CONFIG_FILE_PATH"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in temporal["volumes"]}
+    assert f"/etc/temporal/{path}" in mounted
+    values = yaml.safe_load((ROOT / mounted[f"/etc/temporal/{path}"]).read_text("utf-8"))
+    command = TemporalDevServer(port=7233).command()
+    for key, entries in values.items():
+        assert f"{key}={str(entries[0]['value']).lower()}" in command
+    assert values["system.enableActivityEagerExecution"] == [{"value": True}]
