@@ -32,6 +32,7 @@ from bench.common import (
     table,
     write_results,
 )
+from bench.floor import FLOOR_WORKFLOW, SHAPED_FLOOR_WORKFLOW
 from bench.load import (
     Submit,
     floor_submitter,
@@ -51,6 +52,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "small": {"rates": [5, 10, 20, 40, 80], "step_seconds": 4.0, "min_step": 20, "burst": 100},
     "full": {"rates": [5, 10, 15, 20, 30, 40, 60, 80, 120, 160], "step_seconds": 30.0, "min_step": 100, "burst": 2000},
 }
+FLOORS = {"floor": FLOOR_WORKFLOW, "floor_shaped": SHAPED_FLOOR_WORKFLOW}  # bench/floor.py
 SATURATED = 0.85  # a step whose completions keep up with less than this share of the offered rate
 
 
@@ -85,16 +87,16 @@ class Intake:
         self.batches += 1
         label = f"b{self.batches}"
         items = tickets(n, label)
-        submit: Submit = (
-            floor_submitter(self.client, self.floor_queue, label) if kind == "floor" else sdk_submitter(self.tickets)
-        )
+        submit: Submit = sdk_submitter(self.tickets)
+        if kind in FLOORS:
+            submit = floor_submitter(self.client, self.floor_queue, label, FLOORS[kind])
         timeout = 120 + n / 2
         meter = CpuMeter(self.stack).start()
         submitted = await submit_all(items, submit, rate=rate, concurrency=concurrency)
         ids = [s.key for s in submitted if s.error is None]
         if ids:
-            self.last[kind] = ids[-1] if kind == "floor" else workflow_id(ids[-1])
-        if kind == "floor":
+            self.last[kind] = ids[-1] if kind in FLOORS else workflow_id(ids[-1])
+        if kind in FLOORS:
             done = await wait_floor(self.client, ids, timeout)
             figures = step_figures(submitted, done)
         else:
@@ -163,7 +165,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
 
         console.log(f"capacity bursts of {args.burst} with {args.concurrency} callers")
-        bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in ("floor", "pipeline")}
+        kinds = ("floor", "floor_shaped", "pipeline")
+        bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in kinds}
         shapes = {kind: await history_shape(bench.client, wid) for kind, wid in bench.last.items()}
         # Variants of the worker, each a before/after of one candidate gain:
         # - no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the
@@ -235,13 +238,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     pipeline_cap = bursts["pipeline"]["makespan_per_s"]
     ratio = pipeline_cap / floor_cap if floor_cap and pipeline_cap else None
+    shaped_cap = bursts["floor_shaped"]["makespan_per_s"]
+    shaped_ratio = pipeline_cap / shaped_cap if shaped_cap and pipeline_cap else None
     table(
         "history of one workflow, once acknowledged (floor: completed)",
         ["kind", *next(iter(shapes.values()), {}).keys()],
         [[kind, *shape.values()] for kind, shape in shapes.items()],
     )
     console.print(
-        f"pipeline / floor at capacity: [bold]{fmt(ratio, 2)}[/] (target 0.8); best sustained in the ramp: "
+        f"pipeline / floor at capacity: [bold]{fmt(ratio, 2)}[/] (target 0.8); pipeline / shaped floor (the same "
+        f"orchestration with no-op activities): [bold]{fmt(shaped_ratio, 2)}[/]; best sustained in the ramp: "
         f"pipeline {fmt(best['pipeline'])}/s, floor {fmt(best['floor'])}/s"
     )
     return {
@@ -250,6 +256,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ramp": ramp,
         "bursts": bursts,
         "ratio_pipeline_to_floor": ratio,
+        "ratio_pipeline_to_shaped_floor": shaped_ratio,
         "best_per_s": best,
         "history": shapes,
     }

@@ -92,15 +92,15 @@ def sdk_submitter(tickets_client: TicketClient) -> Submit:
     return submit
 
 
-def floor_submitter(client: Client, task_queue: str, label: str) -> Submit:
-    """The floor: an empty workflow, started with the same ticket payload as input."""
+def floor_submitter(client: Client, task_queue: str, label: str, workflow: str = FLOOR_WORKFLOW) -> Submit:
+    """A floor (bench/floor.py), started with the same ticket payload as input."""
     counter = iter(range(10**9))
 
     async def submit(item: dict[str, Any]) -> str:
         wid = f"floor-{RUN}-{label}-{next(counter)}"
         valid = TicketIn.model_validate(item)
         await client.start_workflow(
-            FLOOR_WORKFLOW,
+            workflow,
             valid.model_dump(mode="json"),
             id=wid,
             task_queue=task_queue,
@@ -158,7 +158,7 @@ async def wait_floor(client: Client, ids: Sequence[str], within: float, poll: fl
     """Until every floor workflow has completed; returns workflow id -> close time (the server's)."""
     wanted = set(ids)
     prefix = ids[0].rsplit("-", 1)[0] + "-" if ids else ""
-    query = f"WorkflowType = '{FLOOR_WORKFLOW}' AND ExecutionStatus = 'Completed' AND WorkflowId STARTS_WITH '{prefix}'"
+    query = f"ExecutionStatus = 'Completed' AND WorkflowId STARTS_WITH '{prefix}'"  # one batch, either floor
     deadline = time.monotonic() + within
     while True:
         done = (await client.count_workflows(query)).count

@@ -20,7 +20,7 @@ import worker
 from activities.db import open_pool
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
-from bench.floor import BenchFloorWorkflow
+from bench.floor import BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
 from ticketflow.config import Config, WorkflowSandbox, default_config
 from ticketflow.temporal import connect
 
@@ -86,7 +86,8 @@ async def run(args: argparse.Namespace) -> None:
                 floor = Worker(
                     client,
                     task_queue=args.floor_queue,
-                    workflows=[BenchFloorWorkflow],
+                    workflows=[BenchFloorWorkflow, BenchShapedFloorWorkflow],
+                    activities=[bench_noop],
                     workflow_runner=floor_runner,
                     **options,
                 )
