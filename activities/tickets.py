@@ -135,7 +135,9 @@ class TicketActivities:
 
         One activity instead of five: one round trip through Temporal (three history events instead of
         fifteen) and one commit. Each part keeps its own idempotency key, so a retry after a commit
-        returns what the first attempt decided and writes nothing twice."""
+        returns what the first attempt decided and writes nothing twice. The first-ticket check of the
+        rules sees committed tickets only: two tickets of a new customer opened in the same instant both
+        count as their first."""
         ticket = await self._validated(req.raw)
         tally = metrics.Tally()
         async with self.pool.connection() as conn:
@@ -286,6 +288,16 @@ class TicketActivities:
         self, conn: AsyncConnection[dict[str, Any]], req: CategoriseRequest, tally: metrics.Tally
     ) -> Categorisation:
         row = await self._ticket(conn, req.ticket_id)
+        decided = await (
+            await conn.execute(
+                "SELECT 1 FROM audit_log WHERE ticket_id = %s AND seq = %s AND event = 'categorised'",
+                (req.ticket_id, req.seq),
+            )
+        ).fetchone()
+        if decided is not None and row["categorisation"] is not None:
+            # A retry after the first attempt committed: the decision already taken, not a new one from rules
+            # or a model that may have changed since (a deploy), nor a different first-ticket answer.
+            return Categorisation.model_validate(row["categorisation"])
         ticket = TicketIn.model_validate(
             {
                 "subject": row["subject"],

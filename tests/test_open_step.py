@@ -24,7 +24,7 @@ from activities.mail import SmtpSettings
 from starter.client import TicketClient
 from tests.conftest import SURVEY_LINKS, StartRecorder, mail_settled, terminate_leftovers
 from tests.factories import ticket
-from ticketflow.config import Config, WorkflowSandbox
+from ticketflow.config import AutomationRule, Config, WorkflowSandbox
 from ticketflow.ids import ticket_id_for, workflow_id
 from ticketflow.models import OpenRequest, RouteRequest, Routing, Status
 from worker import build_worker
@@ -62,14 +62,28 @@ async def test_a_retried_opening_repeats_its_decisions_and_writes_nothing_twice(
     tid, at = ticket_id_for(None), datetime.now(UTC)
     req = OpenRequest(ticket_id=tid, raw=ticket(subject="Refund for invoice 77", body="Charged twice."), at=at)
 
+    before = created_count("billing", "high", "billing")
     first = await acts.open_ticket(req)
     assert first.policy is not None and first.routing is not None and first.audit_seq == 4
     cat = first.categorisation
-    counted = created_count(cat.department, str(cat.priority), cat.category)
-    again = await acts.open_ticket(req)  # what a retry does when the first attempt committed but its reply was lost
+    assert (cat.department, str(cat.priority), cat.category) == ("billing", "high", "billing")
+    assert created_count("billing", "high", "billing") == before + 1
+    # What a retry does when the first attempt committed but its reply was lost, here on a worker whose rules
+    # changed meanwhile (a deploy): every ticket is spam to them. The decisions already taken stand.
+    spam_everything = AutomationRule.model_validate(
+        {
+            "name": "all-spam",
+            "conditions": [{"field": "channel", "op": "in", "value": ["email"]}],
+            "actions": {"spam": True},
+        }
+    )
+    redeployed = TicketActivities(pool, config.model_copy(update={"automation": [spam_everything]}), smtp_settings)
+    other = OpenRequest(ticket_id=ticket_id_for(None), raw=ticket(), at=at)
+    assert (await redeployed.open_ticket(other)).categorisation.spam  # the new rules do bite on a new ticket
+    again = await redeployed.open_ticket(req)
 
     assert again == first.model_copy(update={"intake": first.intake.model_copy(update={"already_existed": True})})
-    assert created_count(cat.department, str(cat.priority), cat.category) == counted  # counted once, not twice
+    assert created_count("billing", "high", "billing") == before + 1  # counted once, not twice
     found = await rows(pool, tid)
     assert [(a["seq"], a["event"]) for a in found["audit"]] == [
         (1, "created"),

@@ -81,11 +81,13 @@ PATCH_LOCAL_STEPS = "local-steps"
 # recorded the local-steps marker keep it; every other ticket runs its steps as normal activities.
 PATCH_STEPS_AS_ACTIVITIES = "steps-as-activities"
 # A new ticket opens in one activity (intake, categorisation, policy, routing and the `opened` entry in one
-# transaction) instead of five. This marker also stands for every patch above: each `patched()` call writes
-# a marker and a TemporalChangeVersion search-attribute upsert (a visibility write on the server), five per
-# ticket opened before, so a run that records it asks for no other. A later patch takes its place as the
-# run's one marker and implies it in turn.
+# transaction) instead of five. It is also the first patch a run records alone: each `patched()` call writes a
+# marker and a TemporalChangeVersion search-attribute upsert (a visibility write on the server), five per
+# ticket opened before, so a run that records a release asks for no earlier patch.
 PATCH_OPEN_IN_ONE_STEP = "open-in-one-step"
+# Patches a run records alone, oldest first: each stands for every patch introduced before it. Every new patch
+# joins the end of this list (a patch outside it counts as older than all of them).
+RELEASES = (PATCH_OPEN_IN_ONE_STEP,)
 # A step still failing after this long (a database outage) retries on durable timers, visible in the history,
 # instead of holding the workflow task open.
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
@@ -129,13 +131,15 @@ class TicketWorkflow:
         self._published: dict[str, Any] = {}
         self._mail_in_flight = 0
         self._customer_mail: asyncio.Task[None] | None = None  # the last customer mail, for ordering
-        self._current: bool | None = None  # whether this run recorded the newest patch (None: not asked yet)
+        self._release: int | None = None  # index in RELEASES of the release this run recorded, -1: none
 
     # --- the lifecycle ---------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: TicketWorkflowInput) -> TicketState:
-        self._is_current()  # first, so every run records its marker at the same point
+        # Asked first, so a run records its release before any command. (An update handler that runs before
+        # `run` in the first activation asks earlier; replay takes the same order.)
+        self._recorded_release()
         if input.resume is None:
             self.state.sla_v2 = self._since(PATCH_SLA_V2)
             self.state.notices_v3 = self._since(PATCH_NOTICES)
@@ -154,16 +158,20 @@ class TicketWorkflow:
         await self._quiesce()
         return self.state
 
-    def _is_current(self) -> bool:
-        """A new run records the newest patch and nothing else; a run replayed from an older history finds
-        no such marker and asks for the patches it has one by one."""
-        if self._current is None:
-            self._current = workflow.patched(PATCH_OPEN_IN_ONE_STEP)
-        return self._current
+    def _recorded_release(self) -> int:
+        """A new run records the newest release and nothing else; a run replayed from an older history finds an
+        older release, or none, and asks for the patches it has one by one."""
+        if self._release is None:
+            found = (i for i in reversed(range(len(RELEASES))) if workflow.patched(RELEASES[i]))
+            self._release = next(found, -1)
+        return self._release
 
     def _since(self, patch: str) -> bool:
         """Whether this run has the behaviour `patch` introduced."""
-        return self._is_current() or workflow.patched(patch)
+        release = self._recorded_release()
+        if release >= 0 and (patch not in RELEASES or RELEASES.index(patch) <= release):
+            return True
+        return workflow.patched(patch)
 
     async def _quiesce(self) -> None:
         """Before the run ends: every handler finished and every mail of this run delivered."""
