@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -61,6 +63,9 @@ async def run(args: argparse.Namespace) -> None:
         worker.sandbox_runner = unsandboxed  # type: ignore[assignment]
     config = Config.model_validate_json(args.config.read_text("utf-8")) if args.config else default_config()
     options: dict[str, Any] = {"max_cached_workflows": args.max_cached, "graceful_shutdown_timeout": DRAIN}
+    # Experiments with the SDK's worker options, e.g. BENCH_WORKER_OPTIONS='{"max_concurrent_workflow_tasks": 20}'
+    for key, value in json.loads(os.environ.get("BENCH_WORKER_OPTIONS", "{}")).items():
+        options[key] = timedelta(seconds=value) if key.endswith("_timeout") else value
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
