@@ -329,3 +329,10 @@ def test_load_config_reports_toml_syntax_errors(tmp_path: Path) -> None:
     path.write_text('organisation = "unterminated\n', "utf-8")
     with pytest.raises(tomllib.TOMLDecodeError):
         load_config(path)
+
+
+def test_a_policy_without_its_calendars_says_where_the_missing_calendar_belongs(raw: dict[str, Any]) -> None:
+    """Found by test_fuzz: with [calendars] deleted, the refusal named the calendar but not the section."""
+    del raw["calendars"]
+    with pytest.raises(ValidationError, match=r"names calendar '\w+', which is not in \[calendars\] \(defined: none\)"):
+        Config.model_validate(raw)

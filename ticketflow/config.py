@@ -332,10 +332,16 @@ class Config(_Cfg):
                 raise ValueError(f"sla override {o.name!r} names unknown departments {unknown}")
         for key, dept in self.departments.items():
             if dept.calendar is not None and dept.calendar not in self.calendars:
-                raise ValueError(f"department {key!r} names unknown calendar {dept.calendar!r}")
+                raise ValueError(
+                    f"department {key!r} names calendar {dept.calendar!r}, which is not in [calendars]"
+                    f" (defined: {sorted(self.calendars) or 'none'})"
+                )
             for agent in dept.agents:
                 if agent.calendar is not None and agent.calendar not in self.calendars:
-                    raise ValueError(f"agent {agent.id!r} names unknown calendar {agent.calendar!r}")
+                    raise ValueError(
+                        f"agent {agent.id!r} names calendar {agent.calendar!r}, which is not in [calendars]"
+                        f" (defined: {sorted(self.calendars) or 'none'})"
+                    )
             if not dept.agents_for(1):
                 raise ValueError(f"department {key!r} has no tier-1 agent")
         return self
