@@ -288,15 +288,10 @@ class TicketActivities:
         self, conn: AsyncConnection[dict[str, Any]], req: CategoriseRequest, tally: metrics.Tally
     ) -> Categorisation:
         row = await self._ticket(conn, req.ticket_id)
-        decided = await (
-            await conn.execute(
-                "SELECT 1 FROM audit_log WHERE ticket_id = %s AND seq = %s AND event = 'categorised'",
-                (req.ticket_id, req.seq),
-            )
-        ).fetchone()
-        if decided is not None and row["categorisation"] is not None:
-            # A retry after the first attempt committed: the decision already taken, not a new one from rules
-            # or a model that may have changed since (a deploy), nor a different first-ticket answer.
+        if row["categorisation"] is not None:
+            # A retry after the first attempt committed (the column is written only with the `categorised`
+            # entry, below): the decision already taken, not a new one from rules or a model that may have
+            # changed since (a deploy), nor a different first-ticket answer.
             return Categorisation.model_validate(row["categorisation"])
         ticket = TicketIn.model_validate(
             {
