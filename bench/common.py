@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import warnings
@@ -162,7 +163,12 @@ def metric(sample: dict[str, float], name: str) -> float:
 
 
 class Child:
-    """A benchmark helper process (`python -m bench.<module>`) that prints `ready` once it serves."""
+    """A benchmark helper process (`python -m bench.<module>`) that prints `ready` once it serves.
+
+    Its stdout is read to the end, into its log: a pipe nobody reads fills at 64 KiB and then blocks the
+    child's next write. That is how the full-size runs' "worker stall" came about: the SDK's Core printed a
+    warning per slow workflow task to stdout, and once a wave of coinciding deadlines had printed a few hundred
+    the worker froze mid-write, with every slot held and nothing in its log."""
 
     def __init__(self, name: str, module: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None):
         self.name = name
@@ -187,12 +193,22 @@ class Child:
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
             if line.strip() == b"ready":
+                threading.Thread(target=self._pump, name=f"{self.name} stdout", daemon=True).start()
                 return self
+            self._log.write(line)
+            self._log.flush()
             if not line and self.process.poll() is not None:
                 break
         tail = self.log_path.read_text(errors="replace")[-3000:]
         self.stop()
         raise RuntimeError(f"{self.name} did not start; its log ({self.log_path}):\n{tail}")
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        with contextlib.suppress(ValueError, OSError):  # closed by stop()
+            for line in self.process.stdout:
+                self._log.write(line)
+                self._log.flush()
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is None:

@@ -4,6 +4,8 @@ Python interpreter."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sys
 import sysconfig
@@ -11,11 +13,20 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 
 from ticketflow.converter import DATA_CONVERTER
 
-__all__ = ["DATA_CONVERTER", "connect", "converter_for", "venv_binary"]
+__all__ = ["CORE_LOG", "DATA_CONVERTER", "connect", "converter_for", "runtime", "venv_binary"]
+
+CORE_LOG = logging.getLogger("temporalio.core")
 
 
 def venv_binary(name: str) -> Path:
@@ -39,6 +50,21 @@ def converter_for(codec_keys: str | None) -> DataConverter:
     return data_converter(AesGcmCodec.from_spec(codec_keys))
 
 
+@functools.cache
+def runtime(sdk_metrics_bind: str | None = None) -> Runtime:
+    """The SDK runtime, one per metrics address, with Core's warnings forwarded to Python logging.
+
+    Left to itself Core prints its warnings (a slow workflow task, a retried call) to stdout, in its own format,
+    apart from the worker's log; and a parent that reads a child's stdout only until it is ready leaves the
+    pipe to fill, after which the worker freezes on its next warning."""
+    metrics = PrometheusConfig(bind_address=sdk_metrics_bind, durations_as_seconds=True) if sdk_metrics_bind else None
+    logs = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=CORE_LOG, append_target_to_name=False),
+    )
+    return Runtime(telemetry=TelemetryConfig(logging=logs, metrics=metrics))
+
+
 async def connect(
     address: str,
     namespace: str = "default",
@@ -51,14 +77,9 @@ async def connect(
     if codec_keys is None:
         codec_keys = os.environ.get("TICKETFLOW_CODEC_KEYS")
     converter = converter_for(codec_keys)
-    runtime = None
-    if sdk_metrics_bind:
-        runtime = Runtime(
-            telemetry=TelemetryConfig(
-                metrics=PrometheusConfig(bind_address=sdk_metrics_bind, durations_as_seconds=True)
-            )
-        )
     try:
-        return await Client.connect(address, namespace=namespace, data_converter=converter, runtime=runtime)
+        return await Client.connect(
+            address, namespace=namespace, data_converter=converter, runtime=runtime(sdk_metrics_bind)
+        )
     except RuntimeError as err:
         raise ConnectionError(f"cannot reach Temporal at {address} (namespace {namespace}): {err}") from err
