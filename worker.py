@@ -168,6 +168,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             model_dir=settings.model_dir,
             survey_links=links,
             sandbox=settings.workflow_sandbox,
+            max_cached_workflows=settings.workflow_cache,
         )
         async with worker:
             health.polling = True

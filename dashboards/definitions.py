@@ -200,6 +200,22 @@ OPERATIONS = Dashboard(
                     width=8,
                 ),
                 Panel(
+                    "Workflow cache: replays and evictions",
+                    "timeseries",
+                    [
+                        prom("sum(rate(temporal_sticky_cache_miss[$__rate_interval]))", "replays (cache misses)"),
+                        prom(
+                            "sum(rate(temporal_sticky_cache_total_forced_eviction[$__rate_interval]))",
+                            "forced evictions",
+                        ),
+                    ],
+                    "A ticket that wakes after being pushed out of a worker's cache replays its whole history. "
+                    "A steady rate while many deadlines fall due together means TICKETFLOW_WORKFLOW_CACHE is "
+                    "smaller than the tickets that wake at once: they then drain at about half the speed.",
+                    unit="ops",
+                    width=8,
+                ),
+                Panel(
                     "Queue latency p95 (schedule to start)",
                     "timeseries",
                     [

@@ -164,7 +164,10 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
     ).start()
     started = datetime.now(UTC)
     try:
-        async with build_worker(client, task_queue, pool, cfg, smtp_settings, survey_links=SURVEY_LINKS):
+        # A cache of 8 workflows for 40 tickets: wake-ups replay, so the cache panel has replays to show.
+        async with build_worker(
+            client, task_queue, pool, cfg, smtp_settings, survey_links=SURVEY_LINKS, max_cached_workflows=8
+        ):
             # The load starts once Prometheus has scraped the worker (its series initialised at zero).
             deadline = asyncio.get_running_loop().time() + 30
             while await prometheus.scraped() != {"ticketflow", "temporal-sdk"}:

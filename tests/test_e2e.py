@@ -16,13 +16,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
 
 from starter.client import TicketClient
-from starter.devstack import TemporalDevServer
+from starter.devstack import TemporalDevServer, free_port
 from starter.smtp_sink import SmtpSink
 from tests.conftest import StartRecorder, WorkerFactory, mail_settled, terminate_leftovers
 from tests.factories import ticket
@@ -414,3 +415,37 @@ def assert_counters_match_rows(metrics_dir: Path, pool_rows: dict[str, Any], kil
     assert shortfall <= kills, f"counters fell short of the rows by {shortfall}: {pairs}"
     if shortfall == 0:
         assert dict(created_by_department) == pool_rows["by_department"]
+
+
+def sdk_metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    values = [float(m.group(1)) for m in re.finditer(rf"(?m)^{name}(?:{{[^}}]*}})? (\S+)$", text)]
+    assert values, f"no {name} in the worker's SDK metrics"
+    return sum(values)
+
+
+async def test_the_workflow_cache_setting_bounds_what_a_worker_keeps_and_evicted_tickets_replay(
+    dev_client: Client, worker_env: dict[str, str], task_queue: str, tmp_path: Path
+) -> None:
+    """TICKETFLOW_WORKFLOW_CACHE reaches the SDK: with room for 2, five open tickets leave at most 2 in memory,
+    and a ticket pushed out answers from its history (replayed) with the state it had."""
+    sdk_port = free_port()
+    env = {**worker_env, "TICKETFLOW_WORKFLOW_CACHE": "2", "TICKETFLOW_SDK_METRICS_PORT": str(sdk_port)}
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    recorder = StartRecorder()
+    config = dev_client.config()
+    config["interceptors"] = [recorder]
+    tickets = TicketClient(Client(**config), task_queue)
+    worker.start()
+    try:
+        opened = [await tickets.open(ticket(subject=f"cache test {n}")) for n in range(5)]
+        states = [await tickets.wait_for(t.ticket_id, Status.OPEN, within=60) for t in opened]
+        assert sdk_metric(sdk_port, "temporal_sticky_cache_size") <= 2
+        assert sdk_metric(sdk_port, "temporal_sticky_cache_total_forced_eviction") >= 3
+        first = await tickets.get(opened[0].ticket_id)  # evicted since: the query replays its history
+        assert first == states[0] and first.status == Status.OPEN and first.department
+        assert sdk_metric(sdk_port, "temporal_sticky_cache_miss") >= 1
+    finally:
+        worker.stop()
+        await terminate_leftovers(dev_client, recorder.ids)
+    assert "Traceback" not in (tmp_path / "worker.log").read_text(errors="replace")

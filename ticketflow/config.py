@@ -403,6 +403,10 @@ class Settings(BaseSettings):
     intake_metrics_port: int = 0  # /metrics of `ticketflow mail-intake` on its own (http-intake serves /metrics)
     db_pool_max: int = 10
     workflow_sandbox: WorkflowSandbox = "strict"  # or "shared": see worker.sandbox_runner
+    # Tickets a worker keeps in memory between their workflow tasks (the SDK's max_cached_workflows, about
+    # 0.3 MiB each). Size it for the tickets that wake together (Monday 09:00): past it, each wake-up replays
+    # the ticket's history (bench.scale). 0 keeps none.
+    workflow_cache: int = Field(default=1000, ge=0)
     survey_http_host: str = "127.0.0.1"
     survey_http_port: int = 8089  # the CSAT survey pages; 0 disables them in `ticketflow dev`
     survey_url: str = "http://127.0.0.1:8089"  # public base URL of the survey pages, used in survey links
