@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -26,7 +28,7 @@ from activities.db import migrate, open_pool
 from activities.health import Health, serve
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
-from ticketflow.config import Config, Settings, WorkflowSandbox
+from ticketflow.config import Config, Settings, WorkflowSandbox, settings_problems
 from ticketflow.temporal import connect
 from workflows import TicketWorkflow
 
@@ -185,7 +187,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_worker(Settings()))
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        print(settings_problems(err), file=sys.stderr)
+        raise SystemExit(2) from None
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from starter.reports import report
 from starter.serving import Stoppable
 from ticketflow.access import Viewer
 from ticketflow.codec import CodecKeyError
-from ticketflow.config import Settings
+from ticketflow.config import Settings, settings_problems
 from ticketflow.models import Priority, RateRequest, Status, TicketState
 
 app = typer.Typer(
@@ -626,5 +626,16 @@ def list_tickets(
     console.print(t)
 
 
+def main() -> None:
+    """The `ticketflow` command: a bad TICKETFLOW_* setting is named, without a traceback (exit 2)."""
+    try:
+        app()
+    except ValidationError as err:
+        if err.title != Settings.__name__:
+            raise
+        typer.echo(settings_problems(err), err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

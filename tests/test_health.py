@@ -132,3 +132,19 @@ def test_an_invalid_policy_file_is_named_field_by_field_without_a_traceback(tmp_
         and "departments\n  Field required" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_setting_is_named_by_its_variable_without_a_traceback() -> None:
+    for command in (["worker"], ["list"]):
+        result = subprocess.run(
+            [*CLI, *command],
+            env=worker_env(TICKETFLOW_WORKFLOW_CACHE="lots", TICKETFLOW_SMTP_PORT="-1x"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, (command, result.stderr)
+        assert "invalid settings:" in result.stderr
+        assert "TICKETFLOW_WORKFLOW_CACHE: Input should be a valid integer" in result.stderr
+        assert "(got 'lots')" in result.stderr and "TICKETFLOW_SMTP_PORT" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -13,7 +13,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ticketflow.calendar import BusinessCalendar, TimeZoneName
@@ -418,3 +427,21 @@ class Settings(BaseSettings):
 
     def policy(self) -> Config:
         return load_config(self.config_file) if self.config_file else default_config()
+
+
+_SECRET_WORDS = ("secret", "password", "keys", "token")
+
+
+def settings_problems(err: ValidationError) -> str:
+    """Each bad setting named as the user set it (the environment variable), with what is wrong; the value is
+    shown unless the setting is a secret."""
+    lines = []
+    for e in err.errors(include_url=False):
+        field = str(e["loc"][0]) if e["loc"] else ""
+        info = Settings.model_fields.get(field)
+        alias = info.validation_alias if info is not None else None
+        name = alias if isinstance(alias, str) else f"TICKETFLOW_{field.upper()}"
+        secret = any(w in field for w in _SECRET_WORDS)
+        shown = "" if secret or e["type"] == "missing" else f" (got {e['input']!r})"
+        lines.append(f"  {name}: {e['msg']}{shown}")
+    return "invalid settings:\n" + "\n".join(lines)
