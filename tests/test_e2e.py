@@ -443,7 +443,10 @@ async def test_the_workflow_cache_setting_bounds_what_a_worker_keeps_and_evicted
         assert sdk_metric(sdk_port, "temporal_sticky_cache_size") <= 2
         assert sdk_metric(sdk_port, "temporal_sticky_cache_total_forced_eviction") >= 3
         first = await tickets.get(opened[0].ticket_id)  # evicted since: the query replays its history
-        assert first == states[0] and first.status == Status.OPEN and first.department
+        # What the opening decided (the acknowledgement mail may have gone out since, changing other fields)
+        decided = {"ticket_id", "status", "created_at", "category", "department", "priority", "tier", "queue"}
+        assert first.model_dump(include=decided) == states[0].model_dump(include=decided)
+        assert first.status == Status.OPEN and first.department and first.created_at
         assert sdk_metric(sdk_port, "temporal_sticky_cache_miss") >= 1
     finally:
         worker.stop()
