@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 
 import pytest
@@ -30,25 +31,44 @@ class BrokenTaskWorkflow:
         raise RuntimeError("broken on purpose")
 
 
+class FailingTaskRecords(logging.Handler):
+    """Collects Core's records; `seen` is set by the first about a failing workflow task (it arrives on a
+    Core thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if "Failing workflow task" in record.getMessage():
+            self.seen.set()
+
+
 async def test_core_warnings_go_to_python_logging_not_stdout(
-    dev_client: Client, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    dev_client: Client, capfd: pytest.CaptureFixture[str]
 ) -> None:
     queue = f"core-logs-{uuid.uuid4().hex[:8]}"
-    caplog.set_level(logging.WARNING, logger=CORE_LOG.name)
-    async with Worker(
-        dev_client, task_queue=queue, workflows=[BrokenTaskWorkflow], workflow_runner=UnsandboxedWorkflowRunner()
-    ):
-        handle = await dev_client.start_workflow(BrokenTaskWorkflow.run, id=f"broken-{uuid.uuid4()}", task_queue=queue)
-        try:
-            for _ in range(100):
-                records = [r for r in caplog.records if r.name == CORE_LOG.name]
-                if any("Failing workflow task" in r.getMessage() for r in records):
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            await handle.terminate("test over")
-    failing = [r for r in records if "Failing workflow task" in r.getMessage()]
-    assert failing, f"no Core warning forwarded; records: {[r.getMessage() for r in caplog.records]}"
-    assert failing[0].levelno == logging.WARNING
+    handler, level = FailingTaskRecords(), CORE_LOG.level
+    CORE_LOG.addHandler(handler)
+    CORE_LOG.setLevel(logging.WARNING)
+    try:
+        async with Worker(
+            dev_client, task_queue=queue, workflows=[BrokenTaskWorkflow], workflow_runner=UnsandboxedWorkflowRunner()
+        ):
+            handle = await dev_client.start_workflow(
+                BrokenTaskWorkflow.run, id=f"broken-{uuid.uuid4()}", task_queue=queue
+            )
+            try:
+                await asyncio.to_thread(handler.seen.wait, 10)
+            finally:
+                await handle.terminate("test over")
+    finally:
+        CORE_LOG.removeHandler(handler)
+        CORE_LOG.setLevel(level)
+    failing = [r for r in handler.records if "Failing workflow task" in r.getMessage()]
+    assert failing, f"no Core warning forwarded; records: {[r.getMessage() for r in handler.records]}"
+    assert failing[0].name == CORE_LOG.name and failing[0].levelno == logging.WARNING
     assert handle.result_run_id and handle.result_run_id in failing[0].getMessage()
     assert "Failing workflow task" not in capfd.readouterr().out

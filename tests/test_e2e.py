@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
@@ -418,8 +419,11 @@ def assert_counters_match_rows(metrics_dir: Path, pool_rows: dict[str, Any], kil
 
 
 def sdk_metric(port: int, name: str) -> float:
+    """One metric of the worker's SDK endpoint, summed over its series."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    values = [float(m.group(1)) for m in re.finditer(rf"(?m)^{name}(?:{{[^}}]*}})? (\S+)$", text)]
+    # The parser names a counter's samples <family>_total (and <family>_created): match on the family
+    families = text_string_to_metric_families(text)
+    values = [s.value for f in families if f.name == name for s in f.samples if not s.name.endswith("_created")]
     assert values, f"no {name} in the worker's SDK metrics"
     return sum(values)
 
