@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from starter.devstack import free_port
 
@@ -131,3 +132,16 @@ def expand_sql(text: str, variables: dict[str, list[str]], start: datetime, end:
     if "$" in out:
         raise AssertionError(f"unexpanded template in {out!r}")
     return out
+
+
+def sdk_metric(port: int, name: str, *, absent: float | None = None) -> float:
+    """One metric of the worker's SDK endpoint, summed over its series (Core exports a counter only once it
+    has counted: `absent` is the value to read then, or the metric must be there)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    # The parser names a counter's samples <family>_total (and <family>_created): match on the family
+    families = text_string_to_metric_families(text)
+    values = [s.value for f in families if f.name == name for s in f.samples if not s.name.endswith("_created")]
+    if not values and absent is not None:
+        return absent
+    assert values, f"no {name} in the worker's SDK metrics"
+    return sum(values)

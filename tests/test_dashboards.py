@@ -38,7 +38,7 @@ from starter.demo import run_demo
 from starter.devstack import TemporalDevServer, free_port
 from starter.http_intake import create_app
 from tests.conftest import SURVEY_LINKS, StartRecorder, terminate_leftovers
-from tests.prom import LABEL_VALUES, PrometheusServer, expand_promql, expand_sql, has_data
+from tests.prom import LABEL_VALUES, PrometheusServer, expand_promql, expand_sql, has_data, sdk_metric
 from ticketflow import contract
 from ticketflow.config import Config, SlaTarget
 from ticketflow.ids import ticket_id_for, workflow_id
@@ -164,10 +164,10 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
     ).start()
     started = datetime.now(UTC)
     try:
-        # A cache of 8 workflows for 40 tickets: wake-ups replay, so the cache panel has replays to show.
-        async with build_worker(
-            client, task_queue, pool, cfg, smtp_settings, survey_links=SURVEY_LINKS, max_cached_workflows=8
-        ):
+        # The load runs with the default cache. A small one here would have the demo query tickets that are not
+        # cached while their next workflow task waits, then send them updates: the SDK bug that
+        # tests/test_sdk_known_bugs.py pins, which leaves a ticket failing its workflow tasks for ever.
+        async with build_worker(client, task_queue, pool, cfg, smtp_settings, survey_links=SURVEY_LINKS):
             # The load starts once Prometheus has scraped the worker (its series initialised at zero).
             deadline = asyncio.get_running_loop().time() + 30
             while await prometheus.scraped() != {"ticketflow", "temporal-sdk"}:
@@ -201,7 +201,8 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
             # Prometheus scrapes each second in real time: two waves a few seconds apart let every counter
             # move across several scrapes (a sleep for a real component, not for a timer)
             for wave in range(2):
-                result = await run_demo(tickets, 20, Console(file=io.StringIO()), seed=int(uuid.uuid4().int % 10_000))
+                demo = run_demo(tickets, 20, Console(file=io.StringIO()), seed=int(uuid.uuid4().int % 10_000))
+                result = await asyncio.wait_for(demo, 120)
                 assert result.opened == 20, f"wave {wave}: {result}"
                 await asyncio.sleep(2)
             ids = list(recorder.ids)
@@ -221,6 +222,22 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
             deadline = asyncio.get_running_loop().time() + 120
             while not wanted <= set(seen := await happened()):
                 assert asyncio.get_running_loop().time() < deadline, f"load never produced {wanted - set(seen)}"
+                await asyncio.sleep(1)
+
+        # Then a worker with room for 4 workflows takes over, and 12 more tickets open, with nobody querying
+        # or updating them: their timers and steps wake more tickets than it keeps, so it evicts and replays,
+        # and the cache panel has data.
+        async with build_worker(
+            client, task_queue, pool, cfg, smtp_settings, survey_links=SURVEY_LINKS, max_cached_workflows=4
+        ):
+            for n in range(12):
+                await tickets.open({**good, "channel": "api", "subject": f"Invoice question {n}"})
+            deadline = asyncio.get_running_loop().time() + 90
+            while (
+                sdk_metric(sdk_port, "temporal_sticky_cache_total_forced_eviction", absent=0) == 0
+                or sdk_metric(sdk_port, "temporal_sticky_cache_miss", absent=0) == 0
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "the small cache never evicted and replayed"
                 await asyncio.sleep(1)
             await asyncio.sleep(4)  # a few more scrapes after the last event
             assert await prometheus.targets_up() == {"ticketflow": "up", "temporal-sdk": "up"}

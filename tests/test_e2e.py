@@ -16,9 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
@@ -28,6 +26,7 @@ from starter.devstack import TemporalDevServer, free_port
 from starter.smtp_sink import SmtpSink
 from tests.conftest import StartRecorder, WorkerFactory, mail_settled, terminate_leftovers
 from tests.factories import ticket
+from tests.prom import sdk_metric
 from ticketflow.config import load_config
 from ticketflow.models import Status
 
@@ -416,16 +415,6 @@ def assert_counters_match_rows(metrics_dir: Path, pool_rows: dict[str, Any], kil
     assert shortfall <= kills, f"counters fell short of the rows by {shortfall}: {pairs}"
     if shortfall == 0:
         assert dict(created_by_department) == pool_rows["by_department"]
-
-
-def sdk_metric(port: int, name: str) -> float:
-    """One metric of the worker's SDK endpoint, summed over its series."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    # The parser names a counter's samples <family>_total (and <family>_created): match on the family
-    families = text_string_to_metric_families(text)
-    values = [s.value for f in families if f.name == name for s in f.samples if not s.name.endswith("_created")]
-    assert values, f"no {name} in the worker's SDK metrics"
-    return sum(values)
 
 
 async def test_the_workflow_cache_setting_bounds_what_a_worker_keeps_and_evicted_tickets_replay(
