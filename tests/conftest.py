@@ -4,9 +4,10 @@ Temporal's time-skipping test server and the Temporal dev server, all from PyPI 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,49 @@ from ticketflow import contract
 from ticketflow.config import Config, default_config
 from ticketflow.ids import workflow_id
 from ticketflow.models import Priority, TicketState
-from ticketflow.temporal import DATA_CONVERTER, venv_binary
+from ticketflow.temporal import CORE_LOG, DATA_CONVERTER, venv_binary
 from worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 SURVEY_SECRET = b"test-survey-secret-not-for-production"
 SURVEY_LINKS = SurveyLinks("http://survey.test", SURVEY_SECRET)
+
+
+class NondeterminismRecords(logging.Handler):
+    """Core's warnings about workflow tasks failed for nondeterminism (they arrive on a Core thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "[TMPRL1100]" in (message := record.getMessage()):
+            self.messages.append(message)
+
+
+@contextmanager
+def failing_on_nondeterminism() -> Iterator[None]:
+    """Fails, after the block, when Core reported a workflow task failed for nondeterminism during it."""
+    records = NondeterminismRecords()
+    CORE_LOG.addHandler(records)
+    try:
+        yield
+    finally:
+        CORE_LOG.removeHandler(records)
+    if records.messages:
+        pytest.fail("a workflow task failed for nondeterminism:\n" + "\n".join(sorted(set(records.messages))))
+
+
+@pytest.fixture(autouse=True)
+def no_nondeterminism(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A workflow task failed for nondeterminism is retried for ever: its ticket stops, and whoever waits on
+    it (an update, a result) waits until the test times out. Fail the test on Core's warning instead, with
+    the run it names."""
+    if request.node.get_closest_marker("nondeterminism_expected"):
+        yield
+        return
+    with failing_on_nondeterminism():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,18 @@ import asyncio
 import logging
 import threading
 import uuid
+from datetime import timedelta
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from ticketflow.temporal import CORE_LOG
+from starter.devstack import TemporalDevServer, free_port
+from tests.conftest import NondeterminismRecords, failing_on_nondeterminism
+from ticketflow.temporal import CORE_LOG, connect
 
 pytestmark = pytest.mark.e2e
 
@@ -72,3 +77,74 @@ async def test_core_warnings_go_to_python_logging_not_stdout(
     assert failing[0].name == CORE_LOG.name and failing[0].levelno == logging.WARNING
     assert handle.result_run_id and handle.result_run_id in failing[0].getMessage()
     assert "Failing workflow task" not in capfd.readouterr().out
+
+
+@workflow.defn(name="Changed", sandboxed=False)
+class ChangedBefore:
+    """First deployed: waits on a timer."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.sleep(timedelta(hours=1))
+
+    @workflow.signal
+    def poke(self) -> None:
+        pass
+
+
+@workflow.defn(name="Changed", sandboxed=False)
+class ChangedAfter:
+    """The same workflow changed without a patch: it now starts with an activity, where history has a timer."""
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_activity("nothing", start_to_close_timeout=timedelta(seconds=5))
+
+    @workflow.signal
+    def poke(self) -> None:
+        pass
+
+
+@pytest.mark.nondeterminism_expected
+async def test_the_suite_fails_a_test_whose_workflow_task_fails_for_nondeterminism(
+    dev_server: TemporalDevServer,
+) -> None:
+    """The guard every test runs under (tests/conftest.py) sees a real nondeterminism error: a running workflow
+    meets a worker whose code changed without a patch, and the guard fails the test naming the run. The SDK
+    counts it under the label the README's alert uses."""
+    sdk_port = free_port()
+    dev_client = await connect(dev_server.address, sdk_metrics_bind=f"127.0.0.1:{sdk_port}")
+    queue = f"nde-{uuid.uuid4().hex[:8]}"
+    runner = UnsandboxedWorkflowRunner()
+    async with Worker(dev_client, task_queue=queue, workflows=[ChangedBefore], workflow_runner=runner):
+        handle = await dev_client.start_workflow(ChangedBefore.run, id=f"nde-{uuid.uuid4()}", task_queue=queue)
+        deadline = asyncio.get_running_loop().time() + 20
+        while not [e async for e in handle.fetch_history_events() if e.HasField("timer_started_event_attributes")]:
+            assert asyncio.get_running_loop().time() < deadline, "the first worker never started the timer"
+            await asyncio.sleep(0.1)  # polls the server's history; no timer is timed here
+
+    seen = NondeterminismRecords()
+    CORE_LOG.addHandler(seen)
+    try:
+        with pytest.raises(pytest.fail.Exception) as failed, failing_on_nondeterminism():
+            async with Worker(dev_client, task_queue=queue, workflows=[ChangedAfter], workflow_runner=runner):
+                await handle.signal(ChangedBefore.poke)  # a new workflow task: the new worker replays, diverges
+                deadline = asyncio.get_running_loop().time() + 20
+                while not seen.messages:
+                    assert asyncio.get_running_loop().time() < deadline, "Core reported no nondeterminism"
+                    await asyncio.sleep(0.1)
+    finally:
+        CORE_LOG.removeHandler(seen)
+        await handle.terminate("test over")
+    assert "failed for nondeterminism" in str(failed.value)
+    assert handle.result_run_id is not None and handle.result_run_id in str(failed.value)
+    async with httpx.AsyncClient(timeout=5) as web:
+        text = (await web.get(f"http://127.0.0.1:{sdk_port}/metrics")).text
+    failures = {
+        s.labels.get("failure_reason"): s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "temporal_workflow_task_execution_failed"
+        for s in f.samples
+        if s.labels.get("task_queue") == queue and not s.name.endswith("_created")
+    }
+    assert failures.get("NonDeterminismError", 0) >= 1, failures
