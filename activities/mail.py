@@ -124,11 +124,18 @@ class SmtpSettings:
     timeout: float = 20.0
 
 
+def needs_smtputf8(*addresses: str) -> bool:
+    """An address with a non-ASCII part (jörg@example.com, valid since RFC 6531) travels only over SMTPUTF8:
+    its header cannot be RFC 2047-encoded, and the envelope has no other way to carry it."""
+    return not all(a.isascii() for a in addresses)
+
+
 def build_message(
     *, sender: str, recipient: str, mail: RenderedMail, message_id: str, in_reply_to: str | None = None
 ) -> EmailMessage:
     # Fold headers only past RFC 5322's hard limit: subjects that carry a ticket reference stay on one line.
-    msg = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
+    policy = email.policy.SMTPUTF8 if needs_smtputf8(sender, recipient) else email.policy.SMTP
+    msg = EmailMessage(policy=policy.clone(max_line_length=998))
     msg["From"] = sender
     msg["To"] = recipient
     msg["Subject"] = mail.subject
@@ -177,6 +184,10 @@ class Relay(aiosmtplib.SMTP):
     async def sendmail(
         self, sender: str, recipients: str | Sequence[str], message: str | bytes, /, **options: Any
     ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
+        listed = [recipients] if isinstance(recipients, str) else list(recipients)
+        if needs_smtputf8(sender, *listed):  # aiosmtplib would encode the envelope as ASCII and fail for ever
+            mail_options = list(options.pop("mail_options", None) or [])
+            options["mail_options"] = [*mail_options, "SMTPUTF8"]
         try:
             return await super().sendmail(sender, recipients, message, **options)
         except aiosmtplib.SMTPException as err:
@@ -204,7 +215,10 @@ async def close(smtp: aiosmtplib.SMTP) -> None:
 
 
 def is_permanent(err: Exception) -> bool:
-    """5xx replies (unknown mailbox, rejected sender) will not succeed on retry."""
+    """5xx replies (unknown mailbox, rejected sender) will not succeed on retry, nor will a relay without an
+    extension the message needs (SMTPUTF8 for a non-ASCII address)."""
+    if isinstance(err, aiosmtplib.SMTPNotSupported):
+        return True
     if isinstance(err, aiosmtplib.SMTPRecipientsRefused):
         return all(500 <= r.code < 600 for r in err.recipients)
     if isinstance(err, aiosmtplib.SMTPResponseException):

@@ -73,9 +73,11 @@ class SinkHandler:
 class SmtpSink:
     """Start with `start()`, stop with `stop()`; `messages` holds what arrived."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 1025, folder: Path | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 1025, folder: Path | None = None, *, smtputf8: bool = True
+    ) -> None:
         self.handler = SinkHandler(folder)
-        self.host, self.port = host, port
+        self.host, self.port, self.smtputf8 = host, port, smtputf8
         self._controller: Any = None
 
     @property
@@ -84,7 +86,7 @@ class SmtpSink:
             return list(self.handler.messages)
 
     def start(self) -> SmtpSink:
-        self._controller = Controller(self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=True)
+        self._controller = Controller(self.handler, hostname=self.host, port=self.port, enable_SMTPUTF8=self.smtputf8)
         self._controller.start()
         return self
 

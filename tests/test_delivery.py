@@ -1,5 +1,6 @@
 """Email delivery through the outbox against a real SMTP server (aiosmtpd): a relay that is down
-for a while loses nothing and sends nothing twice; a refused recipient is recorded, not retried."""
+for a while loses nothing and sends nothing twice; a refused recipient is recorded, not retried; an address
+with non-ASCII characters goes out over SMTPUTF8, or is refused once by a relay without it."""
 
 from __future__ import annotations
 
@@ -117,3 +118,40 @@ async def test_a_refused_recipient_is_recorded_once_and_not_retried(
     assert [(r["status"], r["attempts"], r["smtp_code"]) for r in rows] == [("failed", 1, 550)] * 2
     assert all("no such mailbox" in r["last_error"] for r in rows)
     assert not [m for m in smtp.messages if "gone@example.com" in m.rcpt_tos]
+
+
+@pytest.mark.e2e
+async def test_a_non_ascii_address_goes_out_over_smtputf8_or_is_refused_once_without_it(
+    ts_client: Client, pool: Pool, config: Config, task_queue: str, smtp: SmtpSink
+) -> None:
+    """The intake accepts jörg@example.com (RFC 6531). Sent as plain SMTP, aiosmtplib failed to encode the
+    envelope and the notice was retried for ever (found by tests/test_fuzz.py)."""
+    plain = SmtpSink(port=free_port(), smtputf8=False).start()
+    try:
+        ids: dict[str, str] = {}
+        for name, relay in (("utf8", smtp), ("plain", plain)):
+            settings = SmtpSettings(host="127.0.0.1", port=relay.port, timeout=5)
+            queue = f"{task_queue}-{name}"
+            async with build_worker(ts_client, queue, pool, config, settings, survey_links=SURVEY_LINKS):
+                customer = {"name": "Jörg", "email": f"jörg.{name}@exämple.com"}
+                on_queue = TicketClient(ts_client, queue)
+                ids[name] = (await on_queue.open(ticket(customer=customer))).ticket_id
+                deadline = asyncio.get_running_loop().time() + 30
+                while not (rows := await outbox(pool, [ids[name]])) or rows[0]["status"] == "pending":
+                    assert asyncio.get_running_loop().time() < deadline, rows
+                    await asyncio.sleep(0.2)  # polls PostgreSQL while the acknowledgement goes out
+                assert (await on_queue.get(ids[name])).status == Status.OPEN  # the ticket goes on regardless
+    finally:
+        plain.stop()
+        await terminate_leftovers(ts_client, [f"ticket-{i}" for i in ids.values()])
+
+    [sent] = await outbox(pool, [ids["utf8"]])
+    assert (sent["status"], sent["attempts"]) == ("sent", 1)
+    [received] = [m for m in smtp.messages if m.message_id == sent["message_id"]]
+    assert received.rcpt_tos == ["jörg.utf8@exämple.com"]
+    assert received.message["To"] == "jörg.utf8@exämple.com"  # raw UTF-8, not an encoded-word
+
+    [refused] = await outbox(pool, [ids["plain"]])
+    assert (refused["status"], refused["attempts"], refused["smtp_code"]) == ("failed", 1, None)
+    assert "SMTPUTF8" in refused["last_error"]
+    assert plain.messages == []
