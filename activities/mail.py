@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import idna
 from jinja2 import (
     BaseLoader,
     Environment,
@@ -124,9 +125,21 @@ class SmtpSettings:
     timeout: float = 20.0
 
 
+def ascii_domain(address: str) -> str:
+    """The address with an internationalised domain in its ASCII form (IDNA), when the local part is ASCII:
+    anna@exämple.com travels as anna@xn--exmple-cua.com through any relay."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii() or not local.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return address  # left to SMTPUTF8
+
+
 def needs_smtputf8(*addresses: str) -> bool:
-    """An address with a non-ASCII part (jörg@example.com, valid since RFC 6531) travels only over SMTPUTF8:
-    its header cannot be RFC 2047-encoded, and the envelope has no other way to carry it."""
+    """An address whose local part is not ASCII (jörg@example.com, valid since RFC 6531) travels only over
+    SMTPUTF8: its header cannot be RFC 2047-encoded, and no ASCII form of it exists."""
     return not all(a.isascii() for a in addresses)
 
 
@@ -134,6 +147,7 @@ def build_message(
     *, sender: str, recipient: str, mail: RenderedMail, message_id: str, in_reply_to: str | None = None
 ) -> EmailMessage:
     # Fold headers only past RFC 5322's hard limit: subjects that carry a ticket reference stay on one line.
+    sender, recipient = ascii_domain(sender), ascii_domain(recipient)
     policy = email.policy.SMTPUTF8 if needs_smtputf8(sender, recipient) else email.policy.SMTP
     msg = EmailMessage(policy=policy.clone(max_line_length=998))
     msg["From"] = sender
@@ -184,12 +198,14 @@ class Relay(aiosmtplib.SMTP):
     async def sendmail(
         self, sender: str, recipients: str | Sequence[str], message: str | bytes, /, **options: Any
     ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
-        listed = [recipients] if isinstance(recipients, str) else list(recipients)
-        if needs_smtputf8(sender, *listed):  # aiosmtplib would encode the envelope as ASCII and fail for ever
-            mail_options = list(options.pop("mail_options", None) or [])
-            options["mail_options"] = [*mail_options, "SMTPUTF8"]
+        sender = ascii_domain(sender)
+        recipients = [ascii_domain(r) for r in ([recipients] if isinstance(recipients, str) else recipients)]
+        mail_options = list(options.pop("mail_options", None) or [])
+        # aiosmtplib encodes the envelope as ASCII unless asked for SMTPUTF8: without it, failure for ever
+        if needs_smtputf8(sender, *recipients) and "smtputf8" not in {o.lower() for o in mail_options}:
+            mail_options.append("SMTPUTF8")
         try:
-            return await super().sendmail(sender, recipients, message, **options)
+            return await super().sendmail(sender, recipients, message, mail_options=mail_options, **options)
         except aiosmtplib.SMTPException as err:
             raise without_addresses(err, [recipients] if isinstance(recipients, str) else recipients) from None
 

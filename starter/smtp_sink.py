@@ -21,6 +21,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    raw: bytes = b""  # as it arrived, before parsing decoded its headers
 
     @property
     def subject(self) -> str:
@@ -60,7 +61,7 @@ class SinkHandler:
         raw: bytes = envelope.original_content or envelope.content  # type: ignore[assignment]
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
-        received = Received(str(envelope.mail_from), [str(r) for r in envelope.rcpt_tos], msg)
+        received = Received(str(envelope.mail_from), [str(r) for r in envelope.rcpt_tos], msg, raw)
         with self._lock:
             self.messages.append(received)
             n = len(self.messages)
