@@ -21,7 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from starter.devstack import TemporalDevServer, free_port
-from tests.conftest import NondeterminismRecords, failing_on_nondeterminism
+from tests.conftest import EXPECTED_NONDETERMINISM, failing_on_nondeterminism
 from ticketflow.temporal import CORE_LOG, connect
 
 pytestmark = pytest.mark.e2e
@@ -105,7 +105,6 @@ class ChangedAfter:
         pass
 
 
-@pytest.mark.nondeterminism_expected
 async def test_the_suite_fails_a_test_whose_workflow_task_fails_for_nondeterminism(
     dev_server: TemporalDevServer,
 ) -> None:
@@ -123,10 +122,10 @@ async def test_the_suite_fails_a_test_whose_workflow_task_fails_for_nondetermini
             assert asyncio.get_running_loop().time() < deadline, "the first worker never started the timer"
             await asyncio.sleep(0.1)  # polls the server's history; no timer is timed here
 
-    seen = NondeterminismRecords()
-    CORE_LOG.addHandler(seen)
+    assert handle.result_run_id is not None
+    EXPECTED_NONDETERMINISM.add(handle.result_run_id)  # for every other test's guard, now and later
     try:
-        with pytest.raises(pytest.fail.Exception) as failed, failing_on_nondeterminism():
+        with pytest.raises(pytest.fail.Exception) as failed, failing_on_nondeterminism(ignoring=set()) as seen:
             async with Worker(dev_client, task_queue=queue, workflows=[ChangedAfter], workflow_runner=runner):
                 await handle.signal(ChangedBefore.poke)  # a new workflow task: the new worker replays, diverges
                 deadline = asyncio.get_running_loop().time() + 20
@@ -134,10 +133,9 @@ async def test_the_suite_fails_a_test_whose_workflow_task_fails_for_nondetermini
                     assert asyncio.get_running_loop().time() < deadline, "Core reported no nondeterminism"
                     await asyncio.sleep(0.1)
     finally:
-        CORE_LOG.removeHandler(seen)
         await handle.terminate("test over")
     assert "failed for nondeterminism" in str(failed.value)
-    assert handle.result_run_id is not None and handle.result_run_id in str(failed.value)
+    assert handle.result_run_id in str(failed.value)
     async with httpx.AsyncClient(timeout=5) as web:
         text = (await web.get(f"http://127.0.0.1:{sdk_port}/metrics")).text
     failures = {
