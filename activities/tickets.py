@@ -701,6 +701,19 @@ class TicketActivities:
             ),
         )
         if cur.rowcount != 1:
+            held = await (
+                await conn.execute(
+                    "SELECT event, actor FROM audit_log WHERE ticket_id = %s AND seq = %s", (entry.ticket_id, entry.seq)
+                )
+            ).fetchone()
+            if held is not None and (held["event"], held["actor"]) != (entry.event, entry.actor):
+                # Not a retry: the run took another path than the one logged (a reset, most likely). Skipping the
+                # entry would lose it in silence; retrying keeps the ticket waiting, visibly, for an operator.
+                raise ApplicationError(
+                    f"audit entry {entry.seq} of ticket {entry.ticket_id} already holds {held['event']!r}, this run"
+                    f" writes {entry.event!r}: the ticket's run and its audit log diverged (was it reset?)",
+                    type=contract.AUDIT_DIVERGED,
+                )
             return False
         changes = {k: v for k, v in entry.ticket_update.items() if k in _UPDATABLE}
         unknown = set(entry.ticket_update) - _UPDATABLE

@@ -18,15 +18,17 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
 from activities import TicketActivities
 from activities.mail import SmtpSettings
 from starter.client import TicketClient
 from tests.conftest import SURVEY_LINKS, StartRecorder, mail_settled, terminate_leftovers
 from tests.factories import ticket
+from ticketflow import contract
 from ticketflow.config import AutomationRule, Config, WorkflowSandbox
 from ticketflow.ids import ticket_id_for, workflow_id
-from ticketflow.models import OpenRequest, RouteRequest, Routing, Status
+from ticketflow.models import AuditEntry, MessageRecord, OpenRequest, RouteRequest, Routing, Status
 from worker import build_worker
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
@@ -182,3 +184,35 @@ async def test_a_new_ticket_opens_in_one_activity(
     assert kinds["MARKER_RECORDED"] == 1, kinds  # the newest patch stands for all the earlier ones
     assert kinds["UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"] == 2, kinds  # the marker's and the ticket's own
     assert len(history.events) == 20, kinds
+
+
+async def test_an_audit_number_held_by_another_entry_fails_the_step_instead_of_skipping_it(
+    pool: Pool, config: Config, smtp_settings: SmtpSettings
+) -> None:
+    """A retry writes the same entry again and is skipped. After a reset, though, a ticket's run can take another
+    path than the one its audit log holds, and want a number already taken by a different entry: skipping
+    that one would lose it in silence. It fails, naming both entries, and writes nothing of its own."""
+    acts = TicketActivities(pool, config, smtp_settings)
+    tid, at = ticket_id_for(None), datetime.now(UTC)
+    seq = (await acts.open_ticket(OpenRequest(ticket_id=tid, raw=ticket(), at=at))).audit_seq + 1
+    reply = AuditEntry(
+        ticket_id=tid,
+        seq=seq,
+        event="agent_reply",
+        actor="anna",
+        at=at,
+        message=MessageRecord(author_kind="agent", author="anna", body="Please try the export again."),
+    )
+    await acts.record_event(reply)
+    await acts.record_event(reply)  # a retry after a lost reply: skipped, as ever
+    other_path = AuditEntry(ticket_id=tid, seq=seq, event="escalated", actor="system", at=at, ticket_update={"tier": 2})
+    with pytest.raises(ApplicationError) as refused:
+        await acts.record_event(other_path)
+    assert refused.value.type == contract.AUDIT_DIVERGED and not refused.value.non_retryable
+    assert f"audit entry {seq} of ticket {tid} already holds 'agent_reply', this run writes 'escalated'" in str(
+        refused.value
+    )
+    written = await rows(pool, tid)
+    assert written["audit"][-1] == {"seq": seq, "event": "agent_reply"} and len(written["audit"]) == seq
+    assert written["messages"] == [{"seq": 1}, {"seq": seq}]  # the customer's opening message, and the reply
+    assert written["ticket"][0]["tier"] == 1  # the refused entry's update was not applied

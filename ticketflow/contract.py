@@ -40,5 +40,6 @@ INVALID_TICKET = "InvalidTicket"
 INVALID_TRANSITION = "InvalidTransition"
 PERMANENT_DELIVERY = "PermanentDeliveryFailure"
 DUPLICATE_MESSAGE = "DuplicateMessage"
+AUDIT_DIVERGED = "AuditDiverged"  # an audit number already holds another entry: the run left the logged path
 SURVEY_CLOSED = "SurveyClosed"  # an answer for an earlier resolution, or after the survey closed
 DUPLICATE_ANSWER = "DuplicateAnswer"  # the same survey form submitted twice
