@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -58,11 +59,13 @@ class NondeterminismRecords(logging.Handler):
         super().__init__(logging.WARNING)
         self.ignoring = ignoring
         self.messages: list[str] = []
+        self.seen = threading.Event()  # set by the first one
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if "[TMPRL1100]" in message and not any(run in message for run in self.ignoring):
             self.messages.append(message)
+            self.seen.set()
 
 
 @contextmanager

@@ -91,6 +91,11 @@ class ChangedBefore:
     def poke(self) -> None:
         pass
 
+    @workflow.query
+    def started(self) -> bool:
+        """Answered once the first workflow task (the one that starts the timer) has run."""
+        return True
+
 
 @workflow.defn(name="Changed", sandboxed=False)
 class ChangedAfter:
@@ -117,10 +122,7 @@ async def test_the_suite_fails_a_test_whose_workflow_task_fails_for_nondetermini
     runner = UnsandboxedWorkflowRunner()
     async with Worker(dev_client, task_queue=queue, workflows=[ChangedBefore], workflow_runner=runner):
         handle = await dev_client.start_workflow(ChangedBefore.run, id=f"nde-{uuid.uuid4()}", task_queue=queue)
-        deadline = asyncio.get_running_loop().time() + 20
-        while not [e async for e in handle.fetch_history_events() if e.HasField("timer_started_event_attributes")]:
-            assert asyncio.get_running_loop().time() < deadline, "the first worker never started the timer"
-            await asyncio.sleep(0.1)  # polls the server's history; no timer is timed here
+        assert await handle.query(ChangedBefore.started)  # the timer is in the history
 
     assert handle.result_run_id is not None
     EXPECTED_NONDETERMINISM.add(handle.result_run_id)  # for every other test's guard, now and later
@@ -128,10 +130,7 @@ async def test_the_suite_fails_a_test_whose_workflow_task_fails_for_nondetermini
         with pytest.raises(pytest.fail.Exception) as failed, failing_on_nondeterminism(ignoring=set()) as seen:
             async with Worker(dev_client, task_queue=queue, workflows=[ChangedAfter], workflow_runner=runner):
                 await handle.signal(ChangedBefore.poke)  # a new workflow task: the new worker replays, diverges
-                deadline = asyncio.get_running_loop().time() + 20
-                while not seen.messages:
-                    assert asyncio.get_running_loop().time() < deadline, "Core reported no nondeterminism"
-                    await asyncio.sleep(0.1)
+                assert await asyncio.to_thread(seen.seen.wait, 20), "Core reported no nondeterminism"
     finally:
         await handle.terminate("test over")
     assert "failed for nondeterminism" in str(failed.value)

@@ -40,7 +40,7 @@ def mails(smtp: SmtpSink, ticket_id: str, fragment: str = "") -> list[Any]:
 async def events(pool: Pool, ticket_id: str, *names: str) -> list[dict[str, Any]]:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT seq, event, actor, detail FROM audit_log WHERE ticket_id = %s ORDER BY seq", (ticket_id,)
+            "SELECT seq, event, actor, detail, at FROM audit_log WHERE ticket_id = %s ORDER BY seq", (ticket_id,)
         )
         rows = await cur.fetchall()
     seqs = [r["seq"] for r in rows]
