@@ -48,7 +48,7 @@ async def rows(pool: Pool, tid: str) -> dict[str, Any]:
                 "SELECT metric, event, elapsed_seconds, target_seconds, business FROM sla_events"
                 " WHERE ticket_id = %s ORDER BY metric"
             ),
-            "messages": await all_of("SELECT seq FROM messages WHERE ticket_id = %s"),
+            "messages": await all_of("SELECT seq FROM messages WHERE ticket_id = %s ORDER BY seq"),
         }
 
 
