@@ -61,6 +61,7 @@ def activity_list(acts: TicketActivities) -> list[Any]:
         acts.record_event,
         acts.record_rating,
         acts.notify,
+        acts.record_and_notify,
     ]
 
 

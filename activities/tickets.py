@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -36,6 +36,7 @@ from ticketflow.models import (
     Categorisation,
     CategoriseRequest,
     CustomerType,
+    EntryWithNotices,
     IntakeRequest,
     IntakeResult,
     Notification,
@@ -53,6 +54,10 @@ from ticketflow.models import (
 from ticketflow.rules import categorise
 
 log = logging.getLogger(__name__)
+
+# The one delivery attempt made inside a workflow step: short, because the ticket waits for it (a relay that
+# is slow or down is `notify`'s to wait for, in the background).
+INLINE_SMTP_TIMEOUT = 5.0
 
 # Columns a workflow step may set on the ticket row (never identity or customer data).
 _UPDATABLE = {
@@ -123,6 +128,7 @@ class TicketActivities:
         self.pool = pool
         self.config = config
         self.smtp = smtp
+        self._inline_smtp = replace(smtp, timeout=min(smtp.timeout, INLINE_SMTP_TIMEOUT))
         self.templates = templates or Templates()
         self.classifier = classifier
         self.survey_links = survey_links
@@ -737,69 +743,112 @@ class TicketActivities:
 
     # --- notifications ----------------------------------------------------------------------------------
 
+    @activity.defn(name=contract.RECORD_AND_NOTIFY)
+    async def record_and_notify(self, step: EntryWithNotices) -> list[NotificationResult]:
+        """An entry and its staff notices in one step: a reminder costs the workflow one activity instead of
+        three. The entry and the notices' outbox rows commit together, then each mail gets one attempt; one
+        that is not delivered here comes back `pending` and the workflow hands it to `notify`, which retries
+        it for as long as the relay needs. A retry of this step only makes sure of the rows, so a relay that
+        hangs holds the ticket for one attempt at most."""
+        tally = metrics.Tally()
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                await self._record(conn, step.entry, tally)
+                rows = [await self._outbox(conn, note) for note in step.notes]
+            tally.flush()
+            first_attempt = activity.info().attempt == 1
+            results = []
+            for note, row in zip(step.notes, rows, strict=True):
+                if row is None:
+                    results.append(NotificationResult(key=note.key, status="no_recipient"))
+                elif row["status"] != "pending":
+                    results.append(self._result(note.key, row))
+                elif not first_attempt:
+                    results.append(NotificationResult(key=note.key, status="pending", recipient=row["recipient"]))
+                else:
+                    try:
+                        results.append(await self._deliver(conn, note, row, self._inline_smtp))
+                    except Exception as err:  # transient: the row is pending, `notify` takes it from here
+                        log.info("mail %s not delivered inline, left to notify: %r", note.key, err)
+                        results.append(NotificationResult(key=note.key, status="pending", recipient=row["recipient"]))
+        return results
+
     @activity.defn(name=contract.NOTIFY)
     async def notify(self, note: Notification) -> NotificationResult:
         async with self.pool.connection() as conn:
             async with conn.transaction():  # render into the outbox once; later attempts reuse the row
-                row = await self._outbox_row(conn, note.key, lock=True)
-                if row is None:
-                    row = await self._prepare(conn, note)
-                    if row is None:
-                        return NotificationResult(key=note.key, status="no_recipient")
+                row = await self._outbox(conn, note)
+            if row is None:
+                return NotificationResult(key=note.key, status="no_recipient")
             if row["status"] != "pending":
                 return self._result(note.key, row)
-            msg = mail.build_message(
-                sender=row["sender"],
-                recipient=row["recipient"],
-                mail=mail.RenderedMail(row["subject"], row["body_text"], row["body_html"]),
-                message_id=row["message_id"],
-                in_reply_to=self._thread_id(note.ticket_id) if note.template != "acknowledgement" else None,
-            )
-            await conn.execute(  # committed before any byte goes out, so an interrupted attempt is visible
-                "UPDATE outbox SET interrupted = interrupted + attempt_open::int, attempt_open = true,"
-                " attempts = attempts + 1 WHERE key = %s",
-                (note.key,),
-            )
-            await conn.commit()
-            try:
-                smtp = await mail.connect(self.smtp)  # connect and EHLO outside the critical section
-            except Exception as err:
-                await self._attempt_failed(conn, note.key, err)
-                raise
-            try:
-                async with conn.transaction():
-                    # The row lock serialises attempts of one key. Between the relay's 250 to DATA and the
-                    # commit below lies the only window in which a crash can cause a second delivery: one
-                    # UPDATE and one COMMIT on the same connection. QUIT waits until after the commit.
-                    locked = await self._outbox_row(conn, note.key, lock=True)
-                    assert locked is not None
-                    if locked["status"] != "pending":
-                        return self._result(note.key, locked)
-                    try:
-                        # our own bytes: aiosmtplib's re-serialisation folds long subjects at 78 columns
-                        # and leaves doubled spaces in non-ASCII ones
-                        await smtp.sendmail(row["sender"], [row["recipient"]], msg.as_bytes())
-                    except Exception as err:
-                        if not mail.is_permanent(err):
-                            metrics.NOTIFICATIONS.labels(template=note.template, outcome="transient").inc()
-                            raise
-                        await conn.execute(
-                            "UPDATE outbox SET status = 'failed', attempt_open = false, last_error = %s,"
-                            " smtp_code = %s, failed_at = now() WHERE key = %s",
-                            (str(err), mail.smtp_code(err), note.key),
-                        )
-                        metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
-                        return NotificationResult(key=note.key, status="failed", recipient=row["recipient"])
+            return await self._deliver(conn, note, row, self.smtp)
+
+    async def _outbox(self, conn: AsyncConnection[dict[str, Any]], note: Notification) -> dict[str, Any] | None:
+        """The note's outbox row, rendered and inserted on first use (None: it has nobody to go to)."""
+        row = await self._outbox_row(conn, note.key, lock=True)
+        return row if row is not None else await self._prepare(conn, note)
+
+    async def _deliver(
+        self,
+        conn: AsyncConnection[dict[str, Any]],
+        note: Notification,
+        row: dict[str, Any],
+        smtp_settings: SmtpSettings,
+    ) -> NotificationResult:
+        """One delivery attempt of a pending outbox row; a transient failure raises, a refusal is recorded."""
+        msg = mail.build_message(
+            sender=row["sender"],
+            recipient=row["recipient"],
+            mail=mail.RenderedMail(row["subject"], row["body_text"], row["body_html"]),
+            message_id=row["message_id"],
+            in_reply_to=self._thread_id(note.ticket_id) if note.template != "acknowledgement" else None,
+        )
+        await conn.execute(  # committed before any byte goes out, so an interrupted attempt is visible
+            "UPDATE outbox SET interrupted = interrupted + attempt_open::int, attempt_open = true,"
+            " attempts = attempts + 1 WHERE key = %s",
+            (note.key,),
+        )
+        await conn.commit()
+        try:
+            smtp = await mail.connect(smtp_settings)  # connect and EHLO outside the critical section
+        except Exception as err:
+            await self._attempt_failed(conn, note.key, err)
+            raise
+        try:
+            async with conn.transaction():
+                # The row lock serialises attempts of one key. Between the relay's 250 to DATA and the
+                # commit below lies the only window in which a crash can cause a second delivery: one
+                # UPDATE and one COMMIT on the same connection. QUIT waits until after the commit.
+                locked = await self._outbox_row(conn, note.key, lock=True)
+                assert locked is not None
+                if locked["status"] != "pending":
+                    return self._result(note.key, locked)
+                try:
+                    # our own bytes: aiosmtplib's re-serialisation folds long subjects at 78 columns
+                    # and leaves doubled spaces in non-ASCII ones
+                    await smtp.sendmail(row["sender"], [row["recipient"]], msg.as_bytes())
+                except Exception as err:
+                    if not mail.is_permanent(err):
+                        metrics.NOTIFICATIONS.labels(template=note.template, outcome="transient").inc()
+                        raise
                     await conn.execute(
-                        "UPDATE outbox SET status = 'sent', attempt_open = false, sent_at = now() WHERE key = %s",
-                        (note.key,),
+                        "UPDATE outbox SET status = 'failed', attempt_open = false, last_error = %s,"
+                        " smtp_code = %s, failed_at = now() WHERE key = %s",
+                        (str(err), mail.smtp_code(err), note.key),
                     )
-            except Exception as err:
-                if not mail.is_permanent(err):
-                    await self._attempt_failed(conn, note.key, err)
-                raise
-            finally:
-                await mail.close(smtp)
+                    metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
+                    return NotificationResult(key=note.key, status="failed", recipient=row["recipient"])
+                await conn.execute(
+                    "UPDATE outbox SET status = 'sent', attempt_open = false, sent_at = now() WHERE key = %s",
+                    (note.key,),
+                )
+        except Exception as err:
+            if not mail.is_permanent(err):
+                await self._attempt_failed(conn, note.key, err)
+            raise
+        finally:
+            await mail.close(smtp)
         metrics.NOTIFICATIONS.labels(template=note.template, outcome="sent").inc()
         return NotificationResult(key=note.key, status="sent", recipient=row["recipient"], message_id=row["message_id"])
 

@@ -33,7 +33,7 @@ from tests.test_replay import HISTORIES, RECORDING_AS
 from ticketflow import contract
 from ticketflow.config import SlaOverride, default_config
 from ticketflow.ids import workflow_id
-from ticketflow.models import AgentReply, AuditEntry, Status
+from ticketflow.models import AgentReply, AuditEntry, EntryWithNotices, NotificationResult, Status
 from worker import build_worker
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
@@ -57,9 +57,17 @@ class ReminderNotWritten(TicketActivities):
 
     @activity.defn(name=contract.RECORD_EVENT)
     async def record_event(self, entry: AuditEntry) -> None:
+        self._fail(entry)
+        await super().record_event(entry)
+
+    @activity.defn(name=contract.RECORD_AND_NOTIFY)
+    async def record_and_notify(self, step: EntryWithNotices) -> list[NotificationResult]:
+        self._fail(step.entry)  # a reminder is written with its staff mails since "notices-in-step"
+        return await super().record_and_notify(step)
+
+    def _fail(self, entry: AuditEntry) -> None:
         if self.holding and entry.event == "sla_reminder":
             raise RuntimeError("injected: the write of the reminder fails")
-        await super().record_event(entry)
 
 
 async def breach_records(pool: Pool, tid: str) -> tuple[list[Any], list[str]]:

@@ -17,6 +17,7 @@ ROUTE = "route"
 RECORD_EVENT = "record_event"
 RECORD_RATING = "record_rating"
 NOTIFY = "notify"
+RECORD_AND_NOTIFY = "record_and_notify"  # an entry and its staff notices, one attempt each
 
 # updates and the query
 AGENT_REPLY = "agent_reply"

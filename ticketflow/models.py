@@ -587,6 +587,13 @@ class Notification(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
 
 
+class EntryWithNotices(BaseModel):
+    """An audit entry and the staff notices it announces, written in one step."""
+
+    entry: AuditEntry
+    notes: list[Notification]
+
+
 class HeldNotice(BaseModel):
     """A staff notice that fell outside the department's business hours, sent when it opens."""
 
@@ -596,7 +603,7 @@ class HeldNotice(BaseModel):
 
 class NotificationResult(BaseModel):
     key: str
-    status: str  # sent | already_sent | no_recipient
+    status: str  # sent | already_sent | no_recipient | failed | pending (left to `notify`)
     recipient: str | None = None
     message_id: str | None = None
 

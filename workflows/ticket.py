@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ChangePriority,
         ClockView,
         CustomerReply,
+        EntryWithNotices,
         EscalateRequest,
         Escalation,
         HeldNotice,
@@ -85,9 +86,14 @@ PATCH_STEPS_AS_ACTIVITIES = "steps-as-activities"
 # marker and a TemporalChangeVersion search-attribute upsert (a visibility write on the server), five per
 # ticket opened before, so a run that records a release asks for no earlier patch.
 PATCH_OPEN_IN_ONE_STEP = "open-in-one-step"
+# An SLA reminder or breach and its staff mails in one activity (the entry and the outbox rows in one
+# transaction, then one delivery attempt each) instead of an entry and then a mail activity per recipient: a
+# wave of coinciding deadlines costs two workflow tasks per ticket instead of three or four. A mail the step
+# could not deliver goes on in the background as before.
+PATCH_NOTICES_IN_STEP = "notices-in-step"
 # Patches a run records alone, oldest first: each stands for every patch introduced before it. Every new patch
 # joins the end of this list (a patch outside it counts as older than all of them).
-RELEASES = (PATCH_OPEN_IN_ONE_STEP,)
+RELEASES = (PATCH_OPEN_IN_ONE_STEP, PATCH_NOTICES_IN_STEP)
 # A step still failing after this long (a database outage) retries on durable timers, visible in the history,
 # instead of holding the workflow task open.
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
@@ -427,9 +433,7 @@ class TicketWorkflow:
         if top >= 1.0:
             clock.breached = True
             s.sla_breached = True
-            await self._record_breach(clock, detail, now)
-            for to in ("assignee", "lead"):
-                await self._notify_staff("sla_breach", to, detail)
+            await self._record_breach(clock, detail, now, notify=("assignee", "lead"))
             if not s.sla_v2 or s.policy is None:
                 return
             if s.tier == MAX_TIER:  # nobody above tier 4: page the department lead, whatever the hour
@@ -437,10 +441,12 @@ class TicketWorkflow:
             elif clock.metric in s.policy.escalate_on_breach and s.status in (Status.OPEN, Status.PENDING):
                 await self._escalate(s.tier + 1, "breach", f"{clock.metric} SLA breached at tier {s.tier}")
         else:
-            await self._record("sla_reminder", SYSTEM, detail, sla=[self._event(clock, "reminder", now, fraction=top)])
-            await self._notify_staff("sla_reminder", "assignee", detail)
-            if s.sla_v2 and clock.reminder_fractions and top == max(clock.reminder_fractions):
-                await self._notify_staff("sla_reminder", "lead", detail)  # last warning: the lead hears too
+            last = s.sla_v2 and clock.reminder_fractions and top == max(clock.reminder_fractions)
+            await self._record_with_staff_notices(
+                self._entry("sla_reminder", SYSTEM, detail, sla=[self._event(clock, "reminder", now, fraction=top)]),
+                "sla_reminder",
+                ("assignee", "lead") if last else ("assignee",),  # last warning: the lead hears too
+            )
 
     # --- steps -------------------------------------------------------------------------------------
 
@@ -572,14 +578,17 @@ class TicketWorkflow:
             }
             await self._record_breach(clock, detail, now)
 
-    async def _record_breach(self, clock: SlaClock, detail: dict[str, Any], now: datetime) -> None:
-        await self._record(
+    async def _record_breach(
+        self, clock: SlaClock, detail: dict[str, Any], now: datetime, notify: tuple[str, ...] = ()
+    ) -> None:
+        entry = self._entry(
             "sla_breach",
             SYSTEM,
             detail,
             update={"sla_breached": True},
             sla=[self._event(clock, "breached", now, fraction=1.0)],
         )
+        await self._record_with_staff_notices(entry, "sla_breach", notify)
 
     def _fulfil(self, metrics: tuple[str, ...], now: datetime) -> list[SlaEvent]:
         events = []
@@ -590,10 +599,32 @@ class TicketWorkflow:
                 events.append(self._event(clock, "fulfilled", now))
         return events
 
-    async def _notify_staff(self, template: str, to: str, context: dict[str, Any]) -> None:
+    async def _record_with_staff_notices(self, entry: AuditEntry, template: str, recipients: tuple[str, ...]) -> None:
+        """The entry, then its notices to staff (the entry's detail is their context): in one step when they may
+        go out now, each one not delivered there handed to the background like any other mail."""
+        if not recipients or not self._since(PATCH_NOTICES_IN_STEP) or self._staff_notices_held():
+            await self._activity(contract.RECORD_EVENT, entry)
+            for to in recipients:
+                await self._notify_staff(template, to, entry.detail)
+            return
+        notes = [self._note(template, to, None, entry.detail) for to in recipients]
+        results = await self._activity(
+            contract.RECORD_AND_NOTIFY, EntryWithNotices(entry=entry, notes=notes), list[NotificationResult]
+        )
+        for note, result in zip(notes, results, strict=True):
+            if result.status == "pending":
+                await self._send(note)
+
+    def _staff_notices_held(self) -> bool:
         """Staff notices wait for the department to open unless policy says they may go out now."""
+        s, cal = self.state, self.state.policy.calendar if self.state.policy else None
+        return bool(
+            s.sla_v2 and s.policy and not s.policy.notify_out_of_hours and cal and not is_open(cal, workflow.now())
+        )
+
+    async def _notify_staff(self, template: str, to: str, context: dict[str, Any]) -> None:
         s, now, cal = self.state, workflow.now(), self.state.policy.calendar if self.state.policy else None
-        if s.sla_v2 and s.policy and not s.policy.notify_out_of_hours and cal and not is_open(cal, now):
+        if self._staff_notices_held() and cal:
             note = self._note(template, to, None, context)
             release = next_opening(cal, now)
             s.held.append(HeldNotice(note=note, release_at=release))
@@ -647,7 +678,22 @@ class TicketWorkflow:
         message: MessageRecord | None = None,
         sla: list[SlaEvent] | None = None,
     ) -> None:
-        entry = AuditEntry(
+        await self._activity(
+            contract.RECORD_EVENT, self._entry(event, actor, detail, update=update, message=message, sla=sla)
+        )
+
+    def _entry(
+        self,
+        event: str,
+        actor: str,
+        detail: dict[str, Any],
+        *,
+        update: dict[str, Any] | None = None,
+        message: MessageRecord | None = None,
+        sla: list[SlaEvent] | None = None,
+    ) -> AuditEntry:
+        """The next entry of the audit log (it takes the next sequence number)."""
+        return AuditEntry(
             ticket_id=self.state.ticket_id,
             seq=self._next_seq(),
             event=event,
@@ -658,7 +704,6 @@ class TicketWorkflow:
             ticket_update=update or {},
             sla_events=sla or [],
         )
-        await self._activity(contract.RECORD_EVENT, entry)
 
     async def _notify(
         self, template: str, to: str, *, key: str | None = None, context: dict[str, Any] | None = None

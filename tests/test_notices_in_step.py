@@ -1,0 +1,191 @@
+"""An SLA reminder or breach and its staff mails in one step (patch "notices-in-step"): the audit entry and the
+mails' outbox rows commit together, then each mail gets one delivery attempt inside the same activity. A mail
+not delivered there (the relay down or silent, or a retried step) stays pending and goes on in the background
+through `notify`, as every other mail does; nothing is lost and nothing is sent twice. Real PostgreSQL, real
+SMTP servers (aiosmtpd, and a socket that never answers) and the time-skipping server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities import TicketActivities
+from activities.mail import SmtpSettings
+from starter.client import TicketClient
+from starter.devstack import free_port
+from starter.smtp_sink import SmtpSink
+from tests.conftest import SURVEY_LINKS, StartRecorder, mail_settled, terminate_leftovers, wall_clock
+from tests.factories import ticket
+from tests.test_timers import URGENT, events, open_ticket
+from ticketflow.config import Config, default_config
+from ticketflow.ids import ticket_id_for, workflow_id
+from ticketflow.models import AuditEntry, EntryWithNotices, Notification, NotificationResult, OpenRequest
+from worker import build_worker
+
+Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def config() -> Config:
+    return wall_clock(default_config())
+
+
+async def outbox(pool: Pool, tid: str, template: str) -> list[dict[str, Any]]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT key, recipient, status, attempts, interrupted, attempt_open, last_error FROM outbox"
+            " WHERE ticket_id = %s AND template = %s ORDER BY key",
+            (tid, template),
+        )
+        return await cur.fetchall()
+
+
+def scheduled(history: Any) -> Counter[str]:
+    return Counter(
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    )
+
+
+async def test_reminders_and_breach_send_their_staff_mails_from_the_step_that_writes_them(
+    ts_env: WorkflowEnvironment, pool: Pool, config: Config, smtp: SmtpSink, task_queue: str
+) -> None:
+    recorder = StartRecorder()
+    client_config = ts_env.client.config()
+    client_config["interceptors"] = [recorder]
+    client = Client(**client_config)
+    tickets = TicketClient(client, task_queue)
+    relay = SmtpSettings(host=smtp.host, port=smtp.port)
+    try:
+        async with build_worker(client, task_queue, pool, config, relay, survey_links=SURVEY_LINKS):
+            tid = await open_ticket(tickets, **URGENT)
+            await ts_env.sleep(timedelta(minutes=31))  # reminders at 50, 75 and 90 % of 30 min, then the breach
+            assert (await tickets.get(tid)).sla["first_response"].breached
+            await mail_settled(client, tid)
+            history = await client.get_workflow_handle(workflow_id(tid)).fetch_history()
+    finally:
+        await terminate_leftovers(client, recorder.ids)
+    written = [
+        (e["event"], e["detail"]["fraction"])
+        for e in await events(pool, tid, "sla_reminder", "sla_breach")
+        if e["detail"]["metric"] == "first_response"
+    ]
+    assert written == [("sla_reminder", 0.5), ("sla_reminder", 0.75), ("sla_reminder", 0.9), ("sla_breach", 1.0)]
+    # Four steps wrote the four entries and their mails; `notify` ran for the acknowledgement alone.
+    assert scheduled(history) == {"open_ticket": 1, "notify": 1, "record_and_notify": 4}
+    staff = await outbox(pool, tid, "sla_reminder") + await outbox(pool, tid, "sla_breach")
+    lead = "ines.weber@northwind.example"
+    # the assignee at each reminder; the lead as well at the last one (90 %) and at the breach
+    assert sorted(r["recipient"] == lead for r in staff) == [False] * 4 + [True] * 2
+    assert {(r["status"], r["attempts"], r["interrupted"]) for r in staff} == {("sent", 1, 0)}
+    delivered = Counter(m.message_id for m in smtp.messages if f"#{tid}" in m.subject)
+    assert len(delivered) == 7 and set(delivered.values()) == {1}  # the six, the acknowledgement, each once
+
+
+async def test_a_relay_down_at_the_deadline_hands_the_mails_to_the_background(
+    ts_env: WorkflowEnvironment, pool: Pool, config: Config, task_queue: str
+) -> None:
+    relay = SmtpSink(port=free_port())  # down until the reminder has been written
+    recorder = StartRecorder()
+    client_config = ts_env.client.config()
+    client_config["interceptors"] = [recorder]
+    client = Client(**client_config)
+    tickets = TicketClient(client, task_queue)
+    try:
+        smtp = SmtpSettings(host="127.0.0.1", port=relay.port, timeout=2)
+        async with build_worker(client, task_queue, pool, config, smtp, survey_links=SURVEY_LINKS):
+            tid = await open_ticket(tickets, **URGENT)
+            await ts_env.sleep(timedelta(minutes=16))  # the 50 % reminder
+            assert [e["detail"]["fraction"] for e in await events(pool, tid, "sla_reminder")] == [0.5]
+            [row] = await outbox(pool, tid, "sla_reminder")
+            assert row["status"] == "pending" and row["attempts"] >= 1, row
+            assert "Connect" in (row["last_error"] or ""), row
+            relay.start()
+            await ts_env.sleep(timedelta(minutes=6))  # every retry interval is 5 min at most; 75 % is at 22.5 min
+            await mail_settled(client, tid)
+            history = await client.get_workflow_handle(workflow_id(tid)).fetch_history()
+    finally:
+        relay.stop()
+        await terminate_leftovers(client, recorder.ids)
+    # the step wrote the reminder and tried once; `notify` took the mail on, as it took the acknowledgement
+    assert scheduled(history) == {"open_ticket": 1, "record_and_notify": 1, "notify": 2}
+    [row] = await outbox(pool, tid, "sla_reminder")
+    assert row["status"] == "sent" and row["interrupted"] == 0
+    delivered = Counter(m.message_id for m in relay.messages)
+    assert len(delivered) == 2 and set(delivered.values()) == {1}  # the acknowledgement and the reminder, once
+
+
+@pytest.fixture
+def silent_relay() -> Iterator[int]:
+    """A relay that accepts the connection and never says a word."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+async def reminder_step(acts: TicketActivities) -> EntryWithNotices:
+    tid, at = ticket_id_for(None), datetime.now(UTC)
+    seq = (await acts.open_ticket(OpenRequest(ticket_id=tid, raw=ticket(), at=at))).audit_seq + 1
+    detail = {"metric": "first_response", "fraction": 0.5, "target_seconds": 1800, "elapsed_seconds": 900.0}
+    entry = AuditEntry(ticket_id=tid, seq=seq, event="sla_reminder", actor="system", at=at, detail=detail)
+    notes = [
+        Notification(
+            key=f"sla_reminder:{tid}:{seq}:{to}", ticket_id=tid, template="sla_reminder", to=to, context=detail
+        )
+        for to in ("assignee", "lead")
+    ]
+    return EntryWithNotices(entry=entry, notes=notes)
+
+
+async def run_step(acts: TicketActivities, step: EntryWithNotices, attempt: int = 1) -> list[NotificationResult]:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=attempt)
+    return await env.run(acts.record_and_notify, step)
+
+
+async def test_a_retried_step_leaves_delivery_to_notify_and_sends_nothing_twice(
+    pool: Pool, config: Config, smtp: SmtpSink, smtp_settings: SmtpSettings
+) -> None:
+    """A step retried after its first attempt timed out (a slow relay, a lost result) only makes sure of its
+    rows: the first attempt may still be delivering, and the ticket should not wait on the relay twice."""
+    acts = TicketActivities(pool, config, smtp_settings, survey_links=SURVEY_LINKS)
+    step = await reminder_step(acts)
+    tid = step.entry.ticket_id
+    results = await run_step(acts, step, attempt=2)
+    assert [r.status for r in results] == ["pending", "pending"]
+    assert [r["status"] for r in await outbox(pool, tid, "sla_reminder")] == ["pending", "pending"]
+    assert [e["event"] for e in await events(pool, tid, "sla_reminder")] == ["sla_reminder"]
+    assert not [m for m in smtp.messages if f"#{tid}" in m.subject]
+    for note in step.notes:  # what the workflow does with a pending mail
+        assert (await ActivityEnvironment().run(acts.notify, note)).status == "sent"
+    results = await run_step(acts, step, attempt=3)  # yet another retry: nothing left to do
+    assert [r.status for r in results] == ["already_sent", "already_sent"]
+    assert [e["event"] for e in await events(pool, tid, "sla_reminder")] == ["sla_reminder"]  # written once
+    delivered = Counter(m.message_id for m in smtp.messages if f"#{tid}" in m.subject)
+    assert len(delivered) == 2 and set(delivered.values()) == {1}
+
+
+async def test_a_silent_relay_holds_the_step_for_the_inline_timeout_only(
+    pool: Pool, config: Config, silent_relay: int
+) -> None:
+    acts = TicketActivities(pool, config, SmtpSettings(host="127.0.0.1", port=silent_relay, timeout=0.5))
+    step = await reminder_step(acts)
+    results = await asyncio.wait_for(run_step(acts, step), 10)  # two mails, 0.5 s each at most
+    assert [r.status for r in results] == ["pending", "pending"]
+    rows = await outbox(pool, step.entry.ticket_id, "sla_reminder")
+    assert [(r["status"], r["attempts"], r["attempt_open"]) for r in rows] == [("pending", 1, False)] * 2
+    assert all("Timeout" in (r["last_error"] or "") for r in rows), rows
