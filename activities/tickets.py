@@ -747,19 +747,29 @@ class TicketActivities:
     async def record_and_notify(self, step: EntryWithNotices) -> list[NotificationResult]:
         """An entry and its staff notices in one step: a reminder costs the workflow one activity instead of
         three. The entry and the notices' outbox rows commit together, then each mail gets one attempt; one
-        that is not delivered here comes back `pending` and the workflow hands it to `notify`, which retries
-        it for as long as the relay needs. A retry of this step only makes sure of the rows, so a relay that
-        hangs holds the ticket for one attempt at most."""
+        that is not delivered here (or not rendered: that must not hold the entry) comes back `pending` and the
+        workflow hands it to `notify`, which retries it for as long as the relay needs or records why it cannot.
+        A retry of this step only makes sure of the rows, so a relay that hangs holds the ticket for one
+        attempt at most."""
         tally = metrics.Tally()
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 await self._record(conn, step.entry, tally)
-                rows = [await self._outbox(conn, note) for note in step.notes]
+                rows: list[dict[str, Any] | Exception | None] = []
+                for note in step.notes:
+                    try:
+                        async with conn.transaction():  # a savepoint: a mail that does not render holds no entry
+                            rows.append(await self._outbox(conn, note))
+                    except Exception as err:  # a template or policy fault: `notify` retries it or records it
+                        log.warning("mail %s not rendered, left to notify: %r", note.key, err)
+                        rows.append(err)
             tally.flush()
             first_attempt = activity.info().attempt == 1
             results = []
             for note, row in zip(step.notes, rows, strict=True):
-                if row is None:
+                if isinstance(row, Exception):
+                    results.append(NotificationResult(key=note.key, status="pending"))
+                elif row is None:
                     results.append(NotificationResult(key=note.key, status="no_recipient"))
                 elif row["status"] != "pending":
                     results.append(self._result(note.key, row))

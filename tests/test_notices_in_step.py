@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities import TicketActivities
+from activities import tickets as ticket_activities
 from activities.mail import SmtpSettings
 from starter.client import TicketClient
 from starter.devstack import free_port
@@ -114,7 +115,7 @@ async def test_a_relay_down_at_the_deadline_hands_the_mails_to_the_background(
             assert row["status"] == "pending" and row["attempts"] >= 1, row
             assert "Connect" in (row["last_error"] or ""), row
             relay.start()
-            await ts_env.sleep(timedelta(minutes=6))  # every retry interval is 5 min at most; 75 % is at 22.5 min
+            await ts_env.sleep(timedelta(minutes=5, seconds=30))  # retries come every 5 min at most; 75 %: 22.5 min
             await mail_settled(client, tid)
             history = await client.get_workflow_handle(workflow_id(tid)).fetch_history()
     finally:
@@ -180,12 +181,34 @@ async def test_a_retried_step_leaves_delivery_to_notify_and_sends_nothing_twice(
 
 
 async def test_a_silent_relay_holds_the_step_for_the_inline_timeout_only(
-    pool: Pool, config: Config, silent_relay: int
+    pool: Pool, config: Config, silent_relay: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    acts = TicketActivities(pool, config, SmtpSettings(host="127.0.0.1", port=silent_relay, timeout=0.5))
+    """The relay's own timeout (20 s, for `notify`) is cut to the inline one for the step's attempt."""
+    monkeypatch.setattr(ticket_activities, "INLINE_SMTP_TIMEOUT", 0.5)  # 5 s in production; the test waits less
+    acts = TicketActivities(pool, config, SmtpSettings(host="127.0.0.1", port=silent_relay, timeout=20))
     step = await reminder_step(acts)
     results = await asyncio.wait_for(run_step(acts, step), 10)  # two mails, 0.5 s each at most
     assert [r.status for r in results] == ["pending", "pending"]
     rows = await outbox(pool, step.entry.ticket_id, "sla_reminder")
     assert [(r["status"], r["attempts"], r["attempt_open"]) for r in rows] == [("pending", 1, False)] * 2
     assert all("Timeout" in (r["last_error"] or "") for r in rows), rows
+
+
+async def test_a_mail_that_does_not_render_holds_neither_the_entry_nor_the_other_mails(
+    pool: Pool, config: Config, smtp: SmtpSink, smtp_settings: SmtpSettings
+) -> None:
+    """A template or policy fault in one mail (here a template that does not exist) must not keep the reminder
+    out of the audit log, or the ticket in its step: the entry and the other mail go through, and the faulty one
+    goes to `notify`, which fails on it as it did before the merge (and the workflow records why)."""
+    acts = TicketActivities(pool, config, smtp_settings, survey_links=SURVEY_LINKS)
+    step = await reminder_step(acts)
+    broken = step.notes[1].model_copy(update={"template": "no_such_template", "key": step.notes[1].key + ":broken"})
+    step = step.model_copy(update={"notes": [step.notes[0], broken]})
+    tid = step.entry.ticket_id
+    results = await run_step(acts, step)
+    assert [r.status for r in results] == ["sent", "pending"]
+    assert [e["event"] for e in await events(pool, tid, "sla_reminder")] == ["sla_reminder"]
+    assert [r["key"] for r in await outbox(pool, tid, "sla_reminder")] == [step.notes[0].key]  # no half-written row
+    with pytest.raises(Exception, match="no_such_template"):
+        await ActivityEnvironment().run(acts.notify, broken)
+    assert len([m for m in smtp.messages if f"#{tid}" in m.subject]) == 1

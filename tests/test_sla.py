@@ -4,6 +4,7 @@ change; escalation driven by breaches; staff notices held out of hours; exact fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -20,8 +21,10 @@ from starter.client import InvalidTransition, TicketClient
 from starter.smtp_sink import SmtpSink
 from tests.conftest import WorkerFactory, start_time_skipping
 from tests.factories import ticket
+from tests.test_replay import HISTORIES, RECORDING_AS, replayer
 from ticketflow.calendar import BusinessCalendar, Weekday
 from ticketflow.config import Config
+from ticketflow.ids import workflow_id
 from ticketflow.models import Priority, Status
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
@@ -306,6 +309,10 @@ async def test_out_of_hours_notices_wait_for_opening_unless_urgent(
         assert staff == []  # ...but nobody is woken up at night
         await skip_to(ts_env, monday_open + timedelta(minutes=1))
         assert (await tickets.get(tid)).held == []
+        history = await ts_client.get_workflow_handle(workflow_id(tid)).fetch_history()
+    await replayer().replay_workflow(history)  # held notices take the old path inside the new patch
+    if os.environ.get("TICKETFLOW_RECORD_HISTORIES") == "1":
+        (HISTORIES / f"{RECORDING_AS}--held-staff-notices-out-of-hours.json").write_text(history.to_json(), "utf-8")
     staff = [m for m in smtp.messages if f"#{tid}" in m.subject and "SLA" in m.subject]
     assert any("BREACHED" in m.subject for m in staff) and len(staff) >= 3
     held = await audit(pool, tid, "notification_held")

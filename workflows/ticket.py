@@ -607,7 +607,10 @@ class TicketWorkflow:
             for to in recipients:
                 await self._notify_staff(template, to, entry.detail)
             return
-        notes = [self._note(template, to, None, entry.detail) for to in recipients]
+        notes = [
+            self._note(template, to, f"{template}:{entry.ticket_id}:{entry.seq}:{to}", entry.detail)
+            for to in recipients
+        ]
         results = await self._activity(
             contract.RECORD_AND_NOTIFY, EntryWithNotices(entry=entry, notes=notes), list[NotificationResult]
         )
