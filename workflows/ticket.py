@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -61,6 +61,16 @@ with workflow.unsafe.imports_passed_through():
     )
 
 T = TypeVar("T")
+
+
+class EntryFields(TypedDict, total=False):
+    """What an audit entry carries besides its event, actor and detail."""
+
+    update: dict[str, Any] | None
+    message: MessageRecord | None
+    sla: list[SlaEvent] | None
+
+
 # Business hours, the next-reply clock, per-policy pauses, held notices and SLA-driven escalation.
 # Tickets opened before it keep the calendar-hours behaviour they started with.
 PATCH_SLA_V2 = "sla-business-hours"
@@ -607,10 +617,7 @@ class TicketWorkflow:
             for to in recipients:
                 await self._notify_staff(template, to, entry.detail)
             return
-        notes = [
-            self._note(template, to, f"{template}:{entry.ticket_id}:{entry.seq}:{to}", entry.detail)
-            for to in recipients
-        ]
+        notes = [self._note(template, to, None, entry.detail, seq=entry.seq) for to in recipients]
         results = await self._activity(
             contract.RECORD_AND_NOTIFY, EntryWithNotices(entry=entry, notes=notes), list[NotificationResult]
         )
@@ -671,30 +678,10 @@ class TicketWorkflow:
         )
         return result
 
-    async def _record(
-        self,
-        event: str,
-        actor: str,
-        detail: dict[str, Any],
-        *,
-        update: dict[str, Any] | None = None,
-        message: MessageRecord | None = None,
-        sla: list[SlaEvent] | None = None,
-    ) -> None:
-        await self._activity(
-            contract.RECORD_EVENT, self._entry(event, actor, detail, update=update, message=message, sla=sla)
-        )
+    async def _record(self, event: str, actor: str, detail: dict[str, Any], **fields: Unpack[EntryFields]) -> None:
+        await self._activity(contract.RECORD_EVENT, self._entry(event, actor, detail, **fields))
 
-    def _entry(
-        self,
-        event: str,
-        actor: str,
-        detail: dict[str, Any],
-        *,
-        update: dict[str, Any] | None = None,
-        message: MessageRecord | None = None,
-        sla: list[SlaEvent] | None = None,
-    ) -> AuditEntry:
+    def _entry(self, event: str, actor: str, detail: dict[str, Any], **fields: Unpack[EntryFields]) -> AuditEntry:
         """The next entry of the audit log (it takes the next sequence number)."""
         return AuditEntry(
             ticket_id=self.state.ticket_id,
@@ -703,9 +690,9 @@ class TicketWorkflow:
             actor=actor,
             at=workflow.now(),
             detail=detail,
-            message=message,
-            ticket_update=update or {},
-            sla_events=sla or [],
+            message=fields.get("message"),
+            ticket_update=fields.get("update") or {},
+            sla_events=fields.get("sla") or [],
         )
 
     async def _notify(
@@ -713,10 +700,14 @@ class TicketWorkflow:
     ) -> None:
         await self._send(self._note(template, to, key, context))
 
-    def _note(self, template: str, to: str, key: str | None, context: dict[str, Any] | None) -> Notification:
+    def _note(
+        self, template: str, to: str, key: str | None, context: dict[str, Any] | None, seq: int | None = None
+    ) -> Notification:
+        """A notice keyed, unless `key` says otherwise, by the audit entry it announces (`seq`, by default the
+        latest)."""
         s = self.state
         return Notification(
-            key=key or f"{template}:{s.ticket_id}:{s.audit_seq}:{to}",
+            key=key or f"{template}:{s.ticket_id}:{s.audit_seq if seq is None else seq}:{to}",
             ticket_id=s.ticket_id,
             template=template,
             to=to,
