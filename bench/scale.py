@@ -36,6 +36,7 @@ from psycopg.rows import dict_row
 
 from bench.common import (
     Stack,
+    Timeline,
     WorkerOptions,
     busy_warning,
     console,
@@ -197,6 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         worker = await stack.start_worker(WorkerOptions(task_queue=queue, config=policy, max_cached=args.max_cached))
         tc = TicketClient(stack.client, queue)
         samples: list[dict[str, Any]] = [{"open": 0, **cache_sample(stack, worker.pid)}]
+        timeline = Timeline(stack).start()
 
         items = tickets(n, "scale")
         submitted: list[Submitted] = []
@@ -231,6 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = await reminders(stack.database_url, ids)
         last_first = max((r["bench_at"] for r in rows), default=due)
         in_wave = await written_by(stack.database_url, ids, last_first)
+        await timeline.stop()
 
     # --- figures ---------------------------------------------------------------------------------------------
     task_late, written_late, coinciding = [], [], 0
@@ -264,7 +267,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             break
         routed = [times.routed[s.key] - s.at for s in part if s.key in times.routed]
         ack = [times.acked[s.key] - s.at for s in part if s.key in times.acked]
-        by_open.append({"open_before": c * size, "n": len(part), "routed_s": summary(routed), "acked_s": summary(ack)})
+        processes = timeline.between(min(s.at for s in part), max(s.at for s in part))
+        by_open.append(
+            {
+                "open_before": c * size,
+                "n": len(part),
+                "routed_s": summary(routed),
+                "acked_s": summary(ack),
+                "processes": processes,
+            }
+        )
+    wave_processes = timeline.between(due.timestamp(), last.timestamp()) if last else {}
 
     base_rss = samples[0]["rss_mib"]
     cached = min(len(ids), args.max_cached)
@@ -296,7 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     table(
         "scale: intake latency as open tickets grow",
-        ["open before", "n", "routed p50 ms", "p95", "p99", "acknowledged p50 ms", "p99"],
+        ["open before", "n", "routed p50 ms", "p95", "p99", "acknowledged p50 ms", "p99", *CORE_COLUMNS],
         [
             [
                 fmt(b["open_before"]),
@@ -306,9 +319,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ms(b["routed_s"]["p99"]),
                 ms(b["acked_s"]["p50"]),
                 ms(b["acked_s"]["p99"]),
+                *core_cells(b["processes"]),
             ]
             for b in by_open
         ],
+        caption="worker … driver: CPU cores each process used while the block was submitted (2 on this machine); "
+        "autovac: PostgreSQL autovacuum and autoanalyze runs begun meanwhile; temporal MiB: the dev server's peak RSS",
     )
     tl, wl = lateness["task_lateness_s"], lateness["written_lateness_s"]
     table(
@@ -326,7 +342,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         + f"{lateness['fired']:,} fired in {fmt(wave_s)} s ({fmt(lateness['fired_per_s'])}/s); "
         f"{lateness['superseded_by_breach']} superseded by their breach; with the resolution reminders due meanwhile "
-        f"{fmt(lateness['all_written_in_wave'])} written ({fmt(lateness['all_written_per_s'])}/s)",
+        f"{fmt(lateness['all_written_in_wave'])} written ({fmt(lateness['all_written_per_s'])}/s); cores in the wave: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in wave_processes.get("cores", {}).items()),
     )
     return {
         "size": args.size,
@@ -336,10 +353,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "acknowledged": acked,
         "memory": memory,
         "intake_by_open_tickets": by_open,
+        "wave_processes": wave_processes,
+        "timeline": timeline.samples,
+        "routed_by_submit": [
+            [round(x.at, 3), round(times.routed[x.key] - x.at, 3)] for x in submitted if x.key in times.routed
+        ],
         "timer_lateness": lateness,
         "opens_at": opens_at.isoformat(),
         "due": due.isoformat(),
     }
+
+
+CORE_COLUMNS = ["worker", "temporal", "pg", "driver", "autovac", "temporal MiB"]
+
+
+def core_cells(p: dict[str, Any]) -> list[str]:
+    cores = p.get("cores", {})
+    return [
+        *(fmt(cores.get(k), 2) for k in ("worker", "temporal", "postgres", "driver")),
+        fmt(p.get("autovacuum_runs"), 0),
+        fmt(p.get("max_rss_mib", {}).get("temporal"), 0),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
