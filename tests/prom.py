@@ -87,6 +87,13 @@ class PrometheusServer:
         values: list[str] = r.json()["data"]
         return values
 
+    async def value(self, expr: str) -> float | None:
+        """An instant query's one value, None while it has none (a series not scraped yet)."""
+        async with httpx.AsyncClient(timeout=20) as http:
+            r = await http.get(f"{self.url}/api/v1/query", params={"query": expr})
+        result = r.json()["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
     async def scraped(self) -> set[str]:
         """Jobs with at least one successful scrape stored."""
         async with httpx.AsyncClient(timeout=20) as http:

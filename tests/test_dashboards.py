@@ -42,7 +42,7 @@ from tests.prom import LABEL_VALUES, PrometheusServer, expand_promql, expand_sql
 from ticketflow import contract
 from ticketflow.config import Config, SlaTarget
 from ticketflow.ids import ticket_id_for, workflow_id
-from ticketflow.models import Priority, TicketWorkflowInput
+from ticketflow.models import Priority, Status, TicketWorkflowInput
 from ticketflow.temporal import connect
 from worker import build_worker, metrics_registry
 
@@ -197,7 +197,9 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
                     "body": "Where can I download my invoice?",
                     "customer": {"name": "Dana", "email": "dana@example.com"},
                 }
-                assert (await web.post("/tickets", json=good)).status_code == 201
+                posted = await web.post("/tickets", json=good)
+                assert posted.status_code == 201
+                last = posted.json()["ticket_id"]
             # Prometheus scrapes each second in real time: two waves a few seconds apart let every counter
             # move across several scrapes (a sleep for a real component, not for a timer)
             for wave in range(2):
@@ -223,6 +225,19 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
             while not wanted <= set(seen := await happened()):
                 assert asyncio.get_running_loop().time() < deadline, f"load never produced {wanted - set(seen)}"
                 await asyncio.sleep(1)
+            # The CSAT response rate divides by resolves counted between two scrapes. The resolved series appears
+            # at its first resolve, so when a slow machine bunched every resolve of the load before its first
+            # scrape, no window held one: resolve one more once Prometheus has the series, and see it counted.
+            resolved = 'sum(ticketflow_tickets_total{event="resolved"})'
+            while (before := await prometheus.value(resolved)) is None:
+                assert asyncio.get_running_loop().time() < deadline, "Prometheus never scraped a resolve"
+                await asyncio.sleep(0.5)
+            await tickets.wait_for(last, Status.OPEN)
+            await tickets.reply(last, (await tickets.get(last)).assignee or "", "The invoice is under Billing.")
+            await tickets.resolve(last, (await tickets.get(last)).assignee or "")
+            while ((await prometheus.value(resolved)) or 0) <= before:
+                assert asyncio.get_running_loop().time() < deadline, "Prometheus never scraped the last resolve"
+                await asyncio.sleep(0.5)
 
         # Then a worker with room for 4 workflows takes over, and 12 more tickets open, with nobody querying
         # or updating them: their timers and steps wake more tickets than it keeps, so it evicts and replays,
