@@ -22,7 +22,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities import TicketActivities, metrics
+from activities import TicketActivities, clocks, metrics
 from activities.backlog import BacklogCollector
 from activities.db import migrate, open_pool
 from activities.health import Health, serve
@@ -143,6 +143,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         raise ConnectionError(f"cannot prepare PostgreSQL at DATABASE_URL: {err}") from err
     if applied:
         log.info("database migrations applied: %s", ", ".join(applied))
+    filled = await clocks.fill_dues(settings.database_url, config)
+    if filled:
+        log.info("due instants given to %d business-hours SLA clocks carried over by migration 0009", filled)
     health = Health(settings.database_url)
     http = None
     if settings.metrics_port:

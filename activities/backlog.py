@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +22,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from psycopg.rows import dict_row
 
-from ticketflow.calendar import add_business_seconds
 from ticketflow.config import Config
 from ticketflow.models import Priority
 
@@ -48,26 +46,15 @@ FROM tickets WHERE status IN ('new', 'open', 'pending') AND sla_breached
 GROUP BY 1, 2
 """
 _QUARANTINED = "SELECT count(*) AS n FROM quarantine WHERE status = 'held'"
-# Every SLA event of the clocks of open tickets, oldest first, to find which clocks run right now.
-_CLOCKS = """
-SELECT e.ticket_id, e.metric, e.clock_started_at, e.event, e.elapsed_seconds, e.target_seconds, e.business, e.at,
-       coalesce(t.department, '') AS department, coalesce(t.priority, '') AS priority
-FROM tickets t JOIN sla_events e ON e.ticket_id = t.id
-WHERE t.status IN ('new', 'open', 'pending') AND e.metric <> 'tier'
-ORDER BY e.ticket_id, e.metric, e.clock_started_at, e.seq
+# Open tickets with a running SLA clock due by the given instant, each counted once however many clocks it has:
+# from sla_clocks' partial index on due_at (activities/clocks.py keeps it with the events).
+_AT_RISK = """
+SELECT coalesce(t.department, '') AS department, coalesce(t.priority, '') AS priority,
+       count(DISTINCT c.ticket_id) AS n
+FROM sla_clocks c JOIN tickets t ON t.id = c.ticket_id
+WHERE c.running AND NOT c.done AND c.due_at <= %s AND t.status IN ('new', 'open', 'pending')
+GROUP BY 1, 2
 """
-
-
-@dataclass
-class _Clock:
-    department: str
-    priority: str
-    running: bool = False
-    done: bool = False  # met or breached: no longer at risk
-    elapsed: float = 0.0
-    target: float = 0.0
-    business: bool = False
-    since: datetime | None = None
 
 
 @dataclass
@@ -79,31 +66,6 @@ class Snapshot:
     quarantined: int = 0
     taken_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     ok: bool = True
-
-
-def running_clocks(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], _Clock]:
-    """Replay each (ticket, metric) clock's events; a later run of a clock (next reply) replaces the earlier."""
-    clocks: dict[tuple[str, str], _Clock] = {}
-    started: dict[tuple[str, str], datetime] = {}
-    for r in rows:
-        key = (r["ticket_id"], r["metric"])
-        if started.get(key) != r["clock_started_at"]:
-            started[key] = r["clock_started_at"]
-            clocks[key] = _Clock(r["department"], r["priority"])
-        c = clocks[key]
-        c.elapsed, c.target, c.business = r["elapsed_seconds"], r["target_seconds"], r["business"]
-        event = r["event"]
-        if event in ("started", "resumed"):
-            c.running, c.since = True, r["at"]
-        elif event == "paused":
-            c.running = False
-        elif event in ("fulfilled", "breached"):
-            c.done = True
-        elif event == "retargeted" and c.running:
-            c.since = r["at"]
-        elif event == "reminder" and c.running:
-            c.since = r["at"]
-    return clocks
 
 
 class BacklogCollector(Collector):
@@ -134,7 +96,10 @@ class BacklogCollector(Collector):
                 snap.oldest = {r["department"]: r["oldest"] for r in conn.execute(_OLDEST).fetchall()}
                 now = datetime.now(UTC)
                 snap.taken_at = now
-                self._risk(snap, running_clocks(conn.execute(_CLOCKS)), now)
+                snap.at_risk = {
+                    (r["department"], r["priority"]): r["n"]
+                    for r in conn.execute(_AT_RISK, (now + AT_RISK_WITHIN,)).fetchall()
+                }
                 snap.breached_open = {
                     (r["department"], r["priority"]): r["n"] for r in conn.execute(_BREACHED).fetchall()
                 }
@@ -144,21 +109,6 @@ class BacklogCollector(Collector):
             log.warning("backlog gauges unavailable: %s", err)
             snap.ok = False
         return snap
-
-    def _risk(self, snap: Snapshot, clocks: dict[tuple[str, str], _Clock], now: datetime) -> None:
-        at_risk: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for (ticket_id, _), c in clocks.items():
-            if c.running and not c.done and c.since is not None and self._due(c) <= now + AT_RISK_WITHIN:
-                at_risk[(c.department, c.priority)].add(ticket_id)  # a ticket counts once, however many clocks
-        snap.at_risk = {k: len(v) for k, v in at_risk.items()}
-
-    def _due(self, c: _Clock) -> datetime:
-        assert c.since is not None
-        left = max(0.0, c.target - c.elapsed)
-        cal = self.config.calendar_of(c.department) if c.department in self.config.departments else None
-        if c.business and cal is not None:
-            return add_business_seconds(cal, c.since, left)
-        return c.since + timedelta(seconds=left)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         snap = self.snapshot()

@@ -27,8 +27,9 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conninfo: str) -> list[str]:
-    """Apply pending migrations, each in its own transaction; safe to run from many workers."""
+async def migrate(conninfo: str, upto: int | None = None) -> list[str]:
+    """Apply pending migrations (those up to version `upto`, when given: a benchmark or a test of a data
+    migration needs the schema as it was), each in its own transaction; safe to run from many workers."""
     applied: list[str] = []
     async with await AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute(
@@ -36,6 +37,8 @@ async def migrate(conninfo: str) -> list[str]:
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for version, name, sql in migrations():
+            if upto is not None and version > upto:
+                break
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 cur = await conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,))

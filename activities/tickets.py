@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import mail, metrics, quarantine
+from activities import clocks, mail, metrics, quarantine
 from activities.mail import SmtpSettings, Templates
 
 if TYPE_CHECKING:
@@ -563,6 +563,9 @@ class TicketActivities:
                         for e in entry.sla_events
                     ],
                 )
+            await clocks.apply(
+                conn, clocks.clock_rows(entry.ticket_id, entry.seq, entry.at, entry.sla_events, dept, self.config)
+            )
             await self._count_sla(conn, entry, dept, prio, tally)
         if entry.message is not None:
             m = entry.message

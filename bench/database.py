@@ -25,15 +25,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from activities import backlog
+from activities import backlog, clocks
 from activities.db import migrate, migrations
 from bench.common import ROOT, busy_warning, console, fmt, table, write_results
 from starter.devstack import EmbeddedPostgres
@@ -262,6 +262,8 @@ class Query:
     kind: str = "hot path"  # hot path | report | backlog
     write: bool = False  # run in a transaction that is rolled back
     from_source: bool = True  # the text must still appear in activities/tickets.py
+    before_sql: str | None = None  # what the product ran instead before the later migrations
+    new: bool = False  # a statement of a later migration's table: not measured before
 
 
 def _squash(text: str) -> str:
@@ -328,6 +330,25 @@ HOT: list[Query] = [
         "route: the decision already taken",
         "SELECT department, tier, queue, agent, reason FROM routing_decisions WHERE ticket_id = %s AND step = %s",
         lambda s: (s.open_id, "route:3"),
+    ),
+    Query(
+        "audit: an SLA event on its clock's row (activities/clocks.py)",
+        clocks._APPLY,
+        lambda s: {
+            "ticket_id": s.open_id,
+            "metric": "resolution",
+            "clock_started_at": s.open_created,
+            "seq": 99,
+            "event": "reminder",
+            "elapsed_seconds": 600.0,
+            "target_seconds": 86400,
+            "business": True,
+            "at": s.open_created,
+            "due_at": s.open_created,
+        },
+        write=True,
+        from_source=False,
+        new=True,
     ),
     Query(
         "route: round-robin cursor",
@@ -456,15 +477,34 @@ def report_queries(now: datetime) -> list[Query]:
     ]
 
 
+# The at-risk gauge before migration 0009: every SLA event of every open ticket, sent to the worker, which
+# replayed them to find the running clocks and computed each one's due instant (that Python is not timed here).
+REPLAYED_CLOCKS = """
+SELECT e.ticket_id, e.metric, e.clock_started_at, e.event, e.elapsed_seconds, e.target_seconds, e.business, e.at,
+       coalesce(t.department, '') AS department, coalesce(t.priority, '') AS priority
+FROM tickets t JOIN sla_events e ON e.ticket_id = t.id
+WHERE t.status IN ('new', 'open', 'pending') AND e.metric <> 'tier'
+ORDER BY e.ticket_id, e.metric, e.clock_started_at, e.seq
+"""
+
 BACKLOG = [
-    Query(f"backlog: {name}", sql, lambda s: (), kind="backlog", from_source=False)
-    for name, sql in (
-        ("tickets by status", backlog._BY_STATUS),
-        ("oldest open", backlog._OLDEST),
-        ("breached open", backlog._BREACHED),
-        ("running clocks", backlog._CLOCKS),
-        ("quarantine held", backlog._QUARANTINED),
-    )
+    *(
+        Query(f"backlog: {name}", sql, lambda s: (), kind="backlog", from_source=False)
+        for name, sql in (
+            ("tickets by status", backlog._BY_STATUS),
+            ("oldest open", backlog._OLDEST),
+            ("breached open", backlog._BREACHED),
+            ("quarantine held", backlog._QUARANTINED),
+        )
+    ),
+    Query(
+        "backlog: at risk (clocks due within the hour)",
+        backlog._AT_RISK,
+        lambda s: (datetime.now(UTC) + backlog.AT_RISK_WITHIN,),
+        kind="backlog",
+        from_source=False,
+        before_sql=REPLAYED_CLOCKS,
+    ),
 ]
 
 
@@ -579,32 +619,16 @@ def measure_all(url: str, repeat: int, label: str, show_plans: bool) -> list[dic
         s = sample(conn)
         queries = HOT + report_queries(datetime.now().astimezone()) + BACKLOG
         for q in queries:
+            if label == "before" and q.new:
+                continue
+            if label == "before" and q.before_sql is not None:
+                q = replace(q, sql=q.before_sql, params=lambda s: ())
             result = measure(conn, q, s, repeat)
             out.append(result)
             if show_plans or (result["seq_scans"] and q.kind == "hot path"):
                 console.print(f"[bold]{label}: {q.name}[/] ({result['median_ms']:.2f} ms)")
                 console.print("\n".join(result["plan"]), highlight=False, markup=False)
     return out
-
-
-def apply_until(url: str, last: int) -> list[str]:
-    """Migrations up to `last` (as `activities.db.migrate` would, without the later ones)."""
-    applied = []
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for version, name, sql in migrations():
-            if version > last:
-                break
-            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,)).fetchone():
-                continue
-            with conn.transaction():
-                conn.execute(sql.encode())
-                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
-            applied.append(name)
-    return applied
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
@@ -622,7 +646,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             generated: dict[str, Any] = {"reused": existing[0]}
             before: list[dict[str, Any]] = []
         else:
-            apply_until(url, args.before)
+            asyncio.run(migrate(url, upto=args.before))
             console.log(f"generating {args.tickets:,} tickets and their history")
             generated = generate(url, args.tickets)
             before = measure_all(url, args.repeat, "before", args.plans) if later else []
@@ -633,6 +657,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         migrate_s = time.perf_counter() - t0
         if applied:
             console.log(f"applied {', '.join(applied)} in {migrate_s:.1f} s")
+        t0 = time.perf_counter()
+        filled = asyncio.run(clocks.fill_dues(url, default_config()))
+        fill_s = time.perf_counter() - t0
+        console.log(f"the worker's start gave {filled:,} business-hours clocks their due instant in {fill_s:.1f} s")
         after = measure_all(url, args.repeat, "after", args.plans)
     finally:
         pg.stop()
@@ -677,6 +705,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             "tickets": args.tickets,
             "generated": generated,
             "migrations_after": later,
+            "migrate_seconds": migrate_s,
+            "fill_dues": {"clocks": filled, "seconds": fill_s},
             "before": before,
             "after": after,
             "hot_path_seq_scans": failing,

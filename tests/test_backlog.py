@@ -13,62 +13,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from activities.backlog import BacklogCollector, _Clock, running_clocks
+from activities import clocks
+from activities.backlog import BacklogCollector
 from starter.devstack import free_port
-from ticketflow.config import Config
+from ticketflow.config import Config, default_config
+from ticketflow.models import SlaEvent
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
-T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
-
-
-def ev(
-    ticket: str, event: str, at_min: float, elapsed: float = 0, target: int = 1800, started: float = 0
-) -> dict[str, Any]:
-    return {
-        "ticket_id": ticket,
-        "metric": "first_response",
-        "clock_started_at": T0 + timedelta(minutes=started),
-        "event": event,
-        "elapsed_seconds": elapsed,
-        "target_seconds": target,
-        "business": False,
-        "at": T0 + timedelta(minutes=at_min),
-        "department": "d",
-        "priority": "normal",
-    }
-
-
-def test_running_clocks_follow_pauses_retargets_restarts_and_ends() -> None:
-    clocks = running_clocks(
-        [
-            ev("a", "started", 0),
-            ev("a", "reminder", 15, elapsed=900),
-            ev("b", "started", 0),
-            ev("b", "paused", 5, elapsed=300),
-            ev("b", "retargeted", 6, elapsed=300, target=3600),  # a priority change while paused: still paused
-            ev("c", "started", 0),
-            ev("c", "breached", 30, elapsed=1800),
-            ev("d", "started", 0),
-            ev("d", "fulfilled", 10, elapsed=600),
-            ev("d", "started", 20, started=20),  # next reply: a new run of the clock replaces the old one
-        ]
-    )
-    a, b, c, d = (clocks[(t, "first_response")] for t in "abcd")
-    assert a.running and not a.done and a.elapsed == 900 and a.since == T0 + timedelta(minutes=15)
-    assert not b.running and b.target == 3600 and b.elapsed == 300
-    assert c.done
-    assert d.running and not d.done and d.elapsed == 0 and d.since == T0 + timedelta(minutes=20)
 
 
 def test_a_business_clock_falls_due_in_business_hours(config: Config) -> None:
     """20 business minutes left at 17:50 on a Monday in Berlin: due 08:10 on Tuesday, not 18:10."""
     dept = next(k for k, d in config.departments.items() if d.calendar == "eu_office")
-    collector = BacklogCollector("postgresql://unused", config)
     since = datetime(2026, 11, 30, 17, 50, tzinfo=ZoneInfo("Europe/Berlin"))
-    clock = _Clock(dept, "normal", running=True, elapsed=600, target=1800, business=True, since=since)
-    assert collector._due(clock) == datetime(2026, 12, 1, 8, 10, tzinfo=ZoneInfo("Europe/Berlin"))
-    clock.business = False
-    assert collector._due(clock) == since + timedelta(minutes=20)
+    assert config.clock_due(dept, since, 1200, business=True) == datetime(
+        2026, 12, 1, 8, 10, tzinfo=ZoneInfo("Europe/Berlin")
+    )
+    assert config.clock_due(dept, since, 1200, business=False) == since + timedelta(minutes=20)
+    assert config.clock_due("closed_down", since, 1200, business=True) == since + timedelta(minutes=20)
 
 
 async def insert_ticket(conn: AsyncConnection[dict[str, Any]], dept: str, status: str, **cols: Any) -> str:
@@ -110,6 +72,8 @@ async def clock_event(conn: AsyncConnection[dict[str, Any]], tid: str, seq: int,
     names = ", ".join(row)
     marks = ", ".join(["%s"] * len(row))
     await conn.execute(f"INSERT INTO sla_events ({names}) VALUES ({marks})", tuple(row.values()))
+    sla = SlaEvent.model_validate(row)  # and on the clock's row, as the audit step does
+    await clocks.apply(conn, clocks.clock_rows(tid, seq, row["at"], [sla], "", default_config()))
 
 
 def scrape(collector: BacklogCollector) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

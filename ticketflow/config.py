@@ -7,7 +7,7 @@ it needs through activities or reads them from this pure model, never from disk.
 from __future__ import annotations
 
 import tomllib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ticketflow.calendar import BusinessCalendar, TimeZoneName
+from ticketflow.calendar import BusinessCalendar, TimeZoneName, add_business_seconds
 from ticketflow.models import Channel, CustomerType, Priority, Region
 
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -358,6 +358,13 @@ class Config(_Cfg):
     def calendar_of(self, department: str) -> BusinessCalendar | None:
         key = self.departments[department].calendar
         return self.calendars[key] if key else None
+
+    def clock_due(self, department: str, since: datetime, seconds_left: float, business: bool) -> datetime:
+        """When a running SLA clock reaches its target: `seconds_left` of the department's open time after `since`
+        for a business-hours clock, of calendar time otherwise (and for a department this policy no longer has)."""
+        cal = self.calendar_of(department) if business and department in self.departments else None
+        left = max(0.0, seconds_left)
+        return add_business_seconds(cal, since, left) if cal is not None else since + timedelta(seconds=left)
 
     def tier(self, level: int) -> Tier:
         return next(t for t in self.tiers if t.level == level)
