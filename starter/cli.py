@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -12,7 +14,7 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -37,6 +39,7 @@ from ticketflow.access import Viewer
 from ticketflow.codec import CodecKeyError
 from ticketflow.config import Settings, settings_problems
 from ticketflow.models import Priority, RateRequest, Status, TicketState
+from ticketflow.temporal import runtime
 
 app = typer.Typer(
     help="ticketflow: every help-desk ticket a durable Temporal workflow.",
@@ -635,6 +638,27 @@ def main() -> None:
             raise
         typer.echo(settings_problems(err), err=True)
         raise SystemExit(2) from None
+    except SystemExit as done:
+        if runtime.cache_info().currsize:
+            exit_without_teardown(done.code)
+        raise
+
+
+def exit_without_teardown(code: int | str | None) -> NoReturn:
+    """Exit once a command that started the Temporal SDK's runtime is done, without the interpreter's teardown.
+
+    The SDK's Rust threads can still touch the GIL while CPython finalizes, which aborts a finished command
+    with "Fatal Python error: PyGILState_Release" and exit status -6 (temporalio/sdk-python#300, open; seen
+    here on `ticketflow list`). Every command has finished its work and its own cleanup by now, and nothing
+    registers atexit handlers, so the output is flushed and the process ends at once with the command's code."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone, or a stream closed
+            stream.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
