@@ -18,47 +18,32 @@ CREATE TABLE sla_clocks (
 );
 CREATE INDEX sla_clocks_due ON sla_clocks (due_at) WHERE running AND NOT done;
 
--- The clocks so far, from their events: the latest run of each, in the order the audit log wrote them. A
--- business-hours clock's due instant needs the department's calendar, which is policy, not data: the worker
--- fills those in when it starts (activities/clocks.py, fill_dues).
-WITH latest AS (
-    SELECT ticket_id, metric, max(clock_started_at) AS clock_started_at
-    FROM sla_events
-    WHERE metric <> 'tier'
-    GROUP BY ticket_id, metric
-),
-run AS (
-    SELECT e.*
-    FROM sla_events e
-    JOIN latest l USING (ticket_id, metric, clock_started_at)
-),
-toggled AS (  -- the last start, resume or pause of each run: whether it runs
-    SELECT DISTINCT ON (ticket_id, metric) ticket_id, metric, event <> 'paused' AS running
-    FROM run
-    WHERE event IN ('started', 'resumed', 'paused')
-    ORDER BY ticket_id, metric, seq DESC, event = 'paused'
-),
-last AS (  -- the figures of its last event
-    SELECT DISTINCT ON (ticket_id, metric) ticket_id, metric, clock_started_at, seq, elapsed_seconds,
-           target_seconds, business
-    FROM run
-    ORDER BY ticket_id, metric, seq DESC
-),
-state AS (  -- whether it ended, and the last instant its elapsed time was measured at (for a running clock,
-            -- its last start or resume or a reminder or retarget after it)
-    SELECT ticket_id, metric,
-           bool_or(event IN ('fulfilled', 'breached')) AS done,
-           max(at) FILTER (WHERE event IN ('started', 'resumed', 'reminder', 'retargeted')) AS since
-    FROM run
-    GROUP BY ticket_id, metric
-)
+-- The clocks so far, from their events, in one pass: each clock's latest run (a window over its events), then one
+-- aggregate per clock, in the order the audit log wrote them. A business-hours clock's due instant needs the
+-- department's calendar, which is policy, not data: the worker fills those in when it starts (activities/clocks.py,
+-- fill_dues). A running clock's `since` is the last instant its elapsed time was measured at: its last start or
+-- resume, or a reminder or retarget after it (the events are written in time order).
 INSERT INTO sla_clocks (ticket_id, metric, clock_started_at, seq, running, done, elapsed_seconds, target_seconds,
                         business, since, due_at)
-SELECT l.ticket_id, l.metric, l.clock_started_at, l.seq, coalesce(t.running, false), s.done, l.elapsed_seconds,
-       l.target_seconds, l.business,
-       CASE WHEN t.running THEN s.since END,
-       CASE WHEN t.running AND NOT s.done AND NOT l.business
-            THEN s.since + make_interval(secs => greatest(0, l.target_seconds - l.elapsed_seconds)) END
-FROM last l
-JOIN state s USING (ticket_id, metric)
-LEFT JOIN toggled t USING (ticket_id, metric);
+SELECT ticket_id, metric, clock_started_at, seq, running, done, elapsed_seconds, target_seconds, business,
+       CASE WHEN running THEN since END,
+       CASE WHEN running AND NOT done AND NOT business
+            THEN since + make_interval(secs => greatest(0, target_seconds - elapsed_seconds)) END
+FROM (
+    SELECT ticket_id, metric, clock_started_at,
+           max(seq) AS seq,
+           coalesce((array_agg(event ORDER BY seq DESC, event = 'paused')
+                     FILTER (WHERE event IN ('started', 'resumed', 'paused')))[1] <> 'paused', false) AS running,
+           bool_or(event IN ('fulfilled', 'breached')) AS done,
+           (array_agg(elapsed_seconds ORDER BY seq DESC))[1] AS elapsed_seconds,
+           (array_agg(target_seconds ORDER BY seq DESC))[1] AS target_seconds,
+           (array_agg(business ORDER BY seq DESC))[1] AS business,
+           max(at) FILTER (WHERE event IN ('started', 'resumed', 'reminder', 'retargeted')) AS since
+    FROM (
+        SELECT *, max(clock_started_at) OVER (PARTITION BY ticket_id, metric) AS latest
+        FROM sla_events
+        WHERE metric <> 'tier'
+    ) e
+    WHERE clock_started_at = latest
+    GROUP BY ticket_id, metric, clock_started_at
+) clocks;
