@@ -8,6 +8,8 @@ Measures, on one worker process:
   SLA reminder falls due at the same second (Monday 09:00 for a real help desk). Lateness is the audit row of
   that reminder against its due instant: when the worker's workflow task ran (`at`) and when the row was
   written (`bench_at`).
+- what each process was doing meanwhile: CPU and RSS of the worker, the server, PostgreSQL, the relay and the
+  driver, and PostgreSQL's autovacuum, sampled every 10 s (bench.common.Timeline), shown per intake block.
 
     .venv/bin/python -m bench.scale --size small                    # 300 tickets, about 3 minutes
     .venv/bin/python -m bench.scale --size full                     # 10,000 tickets at 15/s, about 25 minutes
