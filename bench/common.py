@@ -355,6 +355,13 @@ class Stack:
         return out
 
 
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of each process of the stack, with its descendants."""
+    tree = _children()
+    # the driver alone: the other processes of the stack are its children too
+    return {name: cpu_seconds(pid, None if name == "driver" else tree) for name, pid in stack.pids().items()}
+
+
 class CpuMeter:
     """CPU seconds each process of the stack spent between start() and stop()."""
 
@@ -365,17 +372,12 @@ class CpuMeter:
         self.wall = 0.0
         self._t0 = 0.0
 
-    def _now(self) -> dict[str, float]:
-        tree = _children()
-        # the driver alone: the other processes of the stack are its children too
-        return {name: cpu_seconds(pid, None if name == "driver" else tree) for name, pid in self.stack.pids().items()}
-
     def start(self) -> CpuMeter:
-        self.before, self._t0 = self._now(), time.monotonic()
+        self.before, self._t0 = stack_cpu(self.stack), time.monotonic()
         return self
 
     def stop(self) -> dict[str, float]:
-        after = self._now()
+        after = stack_cpu(self.stack)
         self.wall = time.monotonic() - self._t0
         self.used = {k: after[k] - self.before.get(k, 0.0) for k in after}
         return self.used
@@ -398,8 +400,6 @@ class Timeline:
         self._task: asyncio.Task[None] | None = None
 
     async def _sample(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        tree = _children()
-        pids = self.stack.pids()
         cur = await conn.execute(
             "SELECT count(*) FILTER (WHERE backend_type = 'autovacuum worker'),"
             " (SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0) FROM pg_stat_user_tables)"
@@ -409,8 +409,8 @@ class Timeline:
         self.samples.append(
             {
                 "t": time.time(),
-                "cpu_s": {k: cpu_seconds(pid, None if k == "driver" else tree) for k, pid in pids.items()},
-                "rss_mib": {k: rss_bytes(pid) / 2**20 for k, pid in pids.items() if k != "postgres"},
+                "cpu_s": stack_cpu(self.stack),
+                "rss_mib": {k: rss_bytes(pid) / 2**20 for k, pid in self.stack.pids().items() if k != "postgres"},
                 "autovacuum_running": int(row[0]) if row else 0,
                 "autovacuum_runs": int(row[1]) if row else 0,
             }
