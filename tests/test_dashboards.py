@@ -39,6 +39,7 @@ from starter.devstack import TemporalDevServer, free_port
 from starter.http_intake import create_app
 from tests.conftest import SURVEY_LINKS, StartRecorder, terminate_leftovers
 from tests.prom import LABEL_VALUES, PrometheusServer, expand_promql, expand_sql, has_data, sdk_metric
+from tests.test_e2e import poll
 from ticketflow import contract
 from ticketflow.config import Config, SlaTarget
 from ticketflow.ids import ticket_id_for, workflow_id
@@ -229,15 +230,13 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
             # at its first resolve, so when a slow machine bunched every resolve of the load before its first
             # scrape, no window held one: resolve one more once Prometheus has the series, and see it counted.
             resolved = 'sum(ticketflow_tickets_total{event="resolved"})'
-            while (before := await prometheus.value(resolved)) is None:
-                assert asyncio.get_running_loop().time() < deadline, "Prometheus never scraped a resolve"
-                await asyncio.sleep(0.5)
+            before = await poll(lambda: prometheus.value(resolved), lambda v: v is not None, within=60)
+            assert before is not None, "Prometheus never scraped a resolve"
             await tickets.wait_for(last, Status.OPEN)
             await tickets.reply(last, (await tickets.get(last)).assignee or "", "The invoice is under Billing.")
             await tickets.resolve(last, (await tickets.get(last)).assignee or "")
-            while ((await prometheus.value(resolved)) or 0) <= before:
-                assert asyncio.get_running_loop().time() < deadline, "Prometheus never scraped the last resolve"
-                await asyncio.sleep(0.5)
+            counted = await poll(lambda: prometheus.value(resolved), lambda v: (v or 0) > before, within=60)
+            assert (counted or 0) > before, "Prometheus never scraped the last resolve"
 
         # Then a worker with room for 4 workflows takes over, and 12 more tickets open, with nobody querying
         # or updating them: their timers and steps wake more tickets than it keeps, so it evicts and replays,
