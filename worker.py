@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from psycopg import AsyncConnection
@@ -128,6 +129,23 @@ def smtp_settings(settings: Settings) -> SmtpSettings:
     )
 
 
+async def reconcile_clocks(conninfo: str, config: Config) -> None:
+    rebuilt = await clocks.reconcile(conninfo, config)
+    if rebuilt:
+        log.info("%d SLA clock rows rebuilt from events that a worker before migration 0009 wrote", rebuilt)
+
+
+async def keep_clocks_reconciled(conninfo: str, config: Config, every: float) -> None:
+    """A rolling upgrade past 0009 runs old workers beside this one for a while: catch their clocks up. A database
+    that is away for a moment is the health probe's business, not a reason to stop the worker."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await reconcile_clocks(conninfo, config)
+        except (psycopg.Error, OSError) as err:
+            log.warning("SLA clocks not reconciled this time: %s", err)
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set or SIGTERM/SIGINT arrives; then drain and return."""
     if not settings.database_url:
@@ -146,6 +164,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     filled = await clocks.fill_dues(settings.database_url, config)
     if filled:
         log.info("due instants given to %d business-hours SLA clocks carried over by migration 0009", filled)
+    await reconcile_clocks(settings.database_url, config)
     health = Health(settings.database_url)
     http = None
     if settings.metrics_port:
@@ -176,12 +195,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             sandbox=settings.workflow_sandbox,
             max_cached_workflows=settings.workflow_cache,
         )
-        async with worker:
+        async with worker, asyncio.TaskGroup() as tasks:
+            reconciling = tasks.create_task(
+                keep_clocks_reconciled(settings.database_url, config, settings.clock_reconcile_seconds)
+            )
             health.polling = True
             log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
             await stop.wait()
             health.draining = True
             log.info("stopping: draining in-flight work")
+            reconciling.cancel()
     finally:
         await pool.close()
         if http is not None:  # no HTTP thread may outlive the worker: it would race interpreter shutdown

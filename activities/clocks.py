@@ -89,20 +89,97 @@ async def fill_dues(conninfo: str, config: Config) -> int:
     from their events, since only the policy knows their calendar. Idempotent, and cheap once done (the partial
     index finds no row); a clock that moved on meanwhile is left to the event that moved it."""
     async with await AsyncConnection.connect(conninfo) as conn, conn.transaction():
-        cur = await conn.execute(
-            "SELECT c.ticket_id, c.metric, c.seq, c.since, c.target_seconds - c.elapsed_seconds, c.business,"
-            " coalesce(t.department, '') FROM sla_clocks c JOIN tickets t ON t.id = c.ticket_id"
-            " WHERE c.running AND NOT c.done AND c.due_at IS NULL AND c.since IS NOT NULL"
-        )
-        params = [
-            (config.clock_due(dept, since, left, business), ticket_id, metric, seq)
-            for ticket_id, metric, seq, since, left, business, dept in await cur.fetchall()
-        ]
-        if params:
-            async with conn.cursor() as update:
-                await update.executemany(
-                    "UPDATE sla_clocks SET due_at = %s WHERE ticket_id = %s AND metric = %s AND seq = %s"
-                    " AND due_at IS NULL",
-                    params,
-                )
+        return await _fill_dues(conn, config)
+
+
+async def _fill_dues(conn: AsyncConnection[Any], config: Config, tickets: list[str] | None = None) -> int:
+    cur = await conn.execute(
+        "SELECT c.ticket_id, c.metric, c.seq, c.since, c.target_seconds - c.elapsed_seconds, c.business,"
+        " coalesce(t.department, '') FROM sla_clocks c JOIN tickets t ON t.id = c.ticket_id"
+        " WHERE c.running AND NOT c.done AND c.due_at IS NULL AND c.since IS NOT NULL"
+        + ("" if tickets is None else " AND c.ticket_id = ANY(%s)"),
+        () if tickets is None else (tickets,),
+    )
+    params = [
+        (config.clock_due(dept, since, left, business), ticket_id, metric, seq)
+        for ticket_id, metric, seq, since, left, business, dept in await cur.fetchall()
+    ]
+    if params:
+        async with conn.cursor() as update:
+            await update.executemany(
+                "UPDATE sla_clocks SET due_at = %s WHERE ticket_id = %s AND metric = %s AND seq = %s"
+                " AND due_at IS NULL",
+                params,
+            )
     return len(params)
+
+
+# The rows of some tickets rebuilt from all their events (the view of migration 0010). An audit step that applied a
+# later entry meanwhile wins (the guard of _APPLY; at the same entry the rebuild, which has every event, wins), and
+# the clock is then left for the next round. RETURNING: the clocks rebuilt. (`ticket_id = ANY` is what reaches into
+# the view; the pairs then pick the clocks with unapplied events.)
+_REBUILD = """
+INSERT INTO sla_clocks AS c (ticket_id, metric, clock_started_at, seq, running, done, elapsed_seconds,
+                             target_seconds, business, since, due_at)
+SELECT ticket_id, metric, clock_started_at, seq, running, done, elapsed_seconds, target_seconds, business, since,
+       due_at
+FROM sla_clock_rebuild
+WHERE ticket_id = ANY(%(tickets)s)
+  AND (ticket_id, metric) IN (SELECT * FROM unnest(%(tickets_of)s::text[], %(metrics)s::text[]))
+ON CONFLICT (ticket_id, metric) DO UPDATE SET
+    clock_started_at = EXCLUDED.clock_started_at, seq = EXCLUDED.seq, running = EXCLUDED.running,
+    done = EXCLUDED.done, elapsed_seconds = EXCLUDED.elapsed_seconds, target_seconds = EXCLUDED.target_seconds,
+    business = EXCLUDED.business, since = EXCLUDED.since, due_at = EXCLUDED.due_at
+WHERE (c.clock_started_at, c.seq) <= (EXCLUDED.clock_started_at, EXCLUDED.seq)
+RETURNING ticket_id, metric
+"""
+
+RECONCILE_BATCH = 500  # tickets per transaction
+
+
+async def reconcile(conninfo: str, config: Config) -> int:
+    """Apply to their clocks' rows the events that a worker of a release before 0009 wrote without them (a rolling
+    upgrade), due instants included. Each worker runs it at its start and every `clock_reconcile_seconds`; without
+    old workers it reads an empty index. Returns the clocks rebuilt."""
+    rebuilt = 0
+    async with await AsyncConnection.connect(conninfo) as conn:
+        while True:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    "SELECT DISTINCT ticket_id FROM sla_events WHERE NOT clock_applied AND metric <> 'tier' LIMIT %s",
+                    (RECONCILE_BATCH,),
+                )
+                tickets = [r[0] for r in await cur.fetchall()]
+                if not tickets:
+                    break
+                # Lock the rows first: an audit step of these tickets waits, and the statements below see what it
+                # committed before. The events to mark are read before the rebuild, which sees them all.
+                await conn.execute(
+                    "SELECT 1 FROM sla_clocks WHERE ticket_id = ANY(%s) ORDER BY ticket_id, metric FOR UPDATE",
+                    (tickets,),
+                )
+                cur = await conn.execute(
+                    "SELECT ticket_id, metric, seq, event FROM sla_events WHERE ticket_id = ANY(%s)"
+                    " AND NOT clock_applied AND metric <> 'tier' FOR UPDATE",
+                    (tickets,),
+                )
+                unapplied = await cur.fetchall()
+                pairs = sorted({(r[0], r[1]) for r in unapplied})
+                cur = await conn.execute(
+                    _REBUILD,
+                    {"tickets": tickets, "tickets_of": [t for t, _ in pairs], "metrics": [m for _, m in pairs]},
+                )
+                written = {(r[0], r[1]) for r in await cur.fetchall()}
+                marks = [r for r in unapplied if (r[0], r[1]) in written]
+                if marks:
+                    async with conn.cursor() as mark:
+                        await mark.executemany(
+                            "UPDATE sla_events SET clock_applied = true"
+                            " WHERE ticket_id = %s AND metric = %s AND seq = %s AND event = %s",
+                            marks,
+                        )
+                await _fill_dues(conn, config, tickets)  # the business-hours ones, before anyone reads them
+                rebuilt += len(written)
+                if len(written) < len(pairs):
+                    break  # an audit step moved a clock on meanwhile: the next round has its entry too
+    return rebuilt

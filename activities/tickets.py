@@ -543,8 +543,8 @@ class TicketActivities:
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds,"
-                    " target_seconds, business, fraction, department, priority, at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    " target_seconds, business, fraction, department, priority, at, clock_applied)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true)",  # and applied below
                     [
                         (
                             entry.ticket_id,

@@ -67,6 +67,7 @@ async def clock_event(conn: AsyncConnection[dict[str, Any]], tid: str, seq: int,
         "target_seconds": 1800,
         "business": False,
         "at": cols.pop("at"),
+        "clock_applied": True,
         **cols,
     }
     names = ", ".join(row)

@@ -9,6 +9,7 @@ the time-skipping server, whose own deadlines the rows must match.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -29,6 +31,7 @@ from activities.tickets import TicketActivities
 from starter.client import TicketClient
 from tests.conftest import SURVEY_LINKS, WorkerFactory
 from tests.test_backlog import insert_ticket
+from tests.test_e2e import poll
 from tests.test_sla import (  # noqa: F401 (ts_env: the fixture)
     BERLIN,
     EXPORT_ERROR,
@@ -41,6 +44,7 @@ from tests.test_sla import (  # noqa: F401 (ts_env: the fixture)
 )
 from ticketflow.config import Config
 from ticketflow.models import AuditEntry, Priority, SlaEvent
+from worker import keep_clocks_reconciled
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -164,6 +168,17 @@ async def histories(conn: AsyncConnection[Any], config: Config, n: int, seed: in
     return out
 
 
+async def insert_events(conn: AsyncConnection[Any], entries: list[Entry]) -> None:
+    """The entries' SLA events alone, as a release before 0009 wrote them."""
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds, target_seconds,"
+            " business, fraction, department, at) VALUES (%(ticket_id)s, %(seq)s, %(metric)s, %(clock_started_at)s,"
+            " %(event)s, %(elapsed_seconds)s, %(target_seconds)s, %(business)s, %(fraction)s, %(department)s, %(at)s)",
+            [r for e in entries for r in e.rows()],
+        )
+
+
 async def stored(conn: AsyncConnection[Any], ticket_ids: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
     cur = await conn.execute("SELECT * FROM sla_clocks WHERE ticket_id = ANY(%s)", (ticket_ids,))
     return {(r["ticket_id"], r["metric"]): r for r in await cur.fetchall()}
@@ -218,24 +233,22 @@ async def test_the_audit_step_keeps_each_clock_equal_to_a_replay_of_its_events(
     assert all(seen.values()), seen  # the histories reached every kind of state
 
 
-async def test_migration_0009_carries_over_the_clocks_of_an_earlier_schema(postgres_url: str, config: Config) -> None:
+async def new_database(postgres_url: str, upto: int | None = None) -> str:
     name = f"clocks_{uuid.uuid4().hex[:8]}"
     async with await AsyncConnection.connect(postgres_url, autocommit=True) as admin:
         await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = psycopg.conninfo.make_conninfo(postgres_url, dbname=name)
-    assert await migrate(url, upto=8)
+    assert await migrate(url, upto=upto)
+    return url
+
+
+async def test_migration_0009_carries_over_the_clocks_of_an_earlier_schema(postgres_url: str, config: Config) -> None:
+    url = await new_database(postgres_url, upto=8)
     async with await AsyncConnection.connect(url, row_factory=dict_row) as conn:
         entries = await histories(conn, config, 150, seed=11)
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO sla_events (ticket_id, seq, metric, clock_started_at, event, elapsed_seconds,"
-                " target_seconds, business, fraction, department, at) VALUES (%(ticket_id)s, %(seq)s, %(metric)s,"
-                " %(clock_started_at)s, %(event)s, %(elapsed_seconds)s, %(target_seconds)s, %(business)s,"
-                " %(fraction)s, %(department)s, %(at)s)",
-                [r for e in entries for r in e.rows()],
-            )
+        await insert_events(conn, entries)
         await conn.commit()
-    assert await migrate(url) == ["0009_sla_clocks.sql"]
+    assert (await migrate(url))[0] == "0009_sla_clocks.sql"
     filled = await clocks.fill_dues(url, config)  # what the worker does when it starts
     assert filled > 0
     assert await clocks.fill_dues(url, config) == 0  # once
@@ -243,6 +256,100 @@ async def test_migration_0009_carries_over_the_clocks_of_an_earlier_schema(postg
         rows = await stored(conn, sorted({e.ticket_id for e in entries}))
     seen = assert_equal_to_replay(rows, entries, config)
     assert all(seen.values()), seen
+
+
+async def _old_release_apply(conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> None:
+    """The audit step of a release before 0009: the events, and no clock row."""
+
+
+async def test_a_rolling_upgrade_past_0009_is_caught_up_by_reconcile(
+    postgres_url: str, config: Config, smtp_settings: SmtpSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old and new workers side by side, a ticket's entries going to either: a row can miss an event in the middle
+    of its history. A reconcile then makes every clock what its events say, and leaves a clock that an audit step
+    moved on meanwhile to the next round."""
+    url = await new_database(postgres_url)
+    pool: Pool = AsyncConnectionPool(url, min_size=1, max_size=2, kwargs={"row_factory": dict_row}, open=False)
+    await pool.open()
+    try:
+        acts = TicketActivities(pool, config, smtp_settings, survey_links=SURVEY_LINKS)
+        async with pool.connection() as conn:
+            entries = await histories(conn, config, 100, seed=21)
+        rng, new_release = random.Random(5), clocks.apply
+        old_pairs = set()  # the clocks an old worker wrote an event of
+        for entry in entries:
+            old = rng.random() < 0.5
+            old_pairs |= {(entry.ticket_id, e.metric) for e in entry.events if old and e.metric != "tier"}
+            monkeypatch.setattr(clocks, "apply", _old_release_apply if old else new_release)
+            await ActivityEnvironment().run(acts.record_event, entry.audit())
+            if old:  # its INSERT has no clock_applied: the column's default
+                async with pool.connection() as conn:
+                    await conn.execute(
+                        "UPDATE sla_events SET clock_applied = DEFAULT WHERE ticket_id = %s AND seq = %s",
+                        (entry.ticket_id, entry.seq),
+                    )
+        monkeypatch.setattr(clocks, "apply", new_release)
+        ids = sorted({e.ticket_id for e in entries})
+        async with pool.connection() as conn:
+            before = await stored(conn, ids)
+        expected = replay([r for e in entries for r in e.rows()])
+
+        def state(row: dict[str, Any] | None) -> tuple[Any, ...] | None:
+            return (
+                None if row is None else (row["clock_started_at"], row["running"], row["done"], row["elapsed_seconds"])
+            )
+
+        wrong = {k for k, c in expected.items() if state(before.get(k)) != (c.started, c.running, c.done, c.elapsed)}
+        assert len(wrong) > 30  # rows behind, missing, or missing an event in the middle
+        last = {k: max(e.seq for e in entries if e.ticket_id == k[0] and k[1] in {v.metric for v in e.events})
+                for k in expected}  # fmt: skip
+        # among them rows at their clock's last entry that missed an earlier one: the rows' seq cannot tell
+        assert any(k in before and before[k]["seq"] == last[k] for k in wrong)
+
+        assert wrong <= old_pairs
+        assert await clocks.reconcile(url, config) == len(old_pairs)
+        async with pool.connection() as conn:
+            seen = assert_equal_to_replay(await stored(conn, ids), entries, config)
+        assert all(seen.values()), seen
+        assert await clocks.reconcile(url, config) == 0  # caught up: nothing to read until an old worker writes
+
+        # A clock an audit step moved on (a later entry) while the rebuild read the events: its row stays, and
+        # its event stays unapplied for the next round.
+        key = min(expected)
+        async with pool.connection() as conn:
+            await conn.execute("UPDATE sla_events SET clock_applied = false WHERE ticket_id = %s AND metric = %s", key)
+            await conn.execute("UPDATE sla_clocks SET seq = seq + 100 WHERE ticket_id = %s AND metric = %s", key)
+            await conn.commit()
+            moved = (await stored(conn, [key[0]]))[key]
+            assert await clocks.reconcile(url, config) == 0
+            assert (await stored(conn, [key[0]]))[key] == moved
+            await conn.execute("UPDATE sla_clocks SET seq = seq - 100, running = NOT running WHERE ticket_id = %s"
+                               " AND metric = %s", key)  # fmt: skip
+            await conn.commit()
+            assert await clocks.reconcile(url, config) == 1  # the next round, the entry in its events
+            assert_equal_to_replay(await stored(conn, ids), entries, config)
+    finally:
+        await pool.close()
+
+
+async def test_the_worker_reconciles_clocks_while_it_runs(migrated: str, pool: Pool, config: Config) -> None:
+    """worker.keep_clocks_reconciled: a row an old worker left behind is caught up within a period."""
+    async with pool.connection() as conn:
+        entries = await histories(conn, config, 3, seed=8)
+        ids = sorted({e.ticket_id for e in entries})
+        await insert_events(conn, entries)  # an old worker: the events only
+    task = asyncio.create_task(keep_clocks_reconciled(migrated, config, every=0.1))
+
+    async def rows() -> dict[tuple[str, str], dict[str, Any]]:
+        async with pool.connection() as conn:
+            return await stored(conn, ids)
+
+    try:
+        expected = replay([r for e in entries for r in e.rows()])
+        found = await poll(rows, lambda found: found.keys() == expected.keys())
+        assert_equal_to_replay(found, entries, config)
+    finally:
+        task.cancel()
 
 
 async def test_a_tickets_clock_rows_fall_due_when_its_workflow_says(

@@ -423,6 +423,9 @@ class Settings(BaseSettings):
     # 0.3 MiB each). Size it for the tickets that wake together (Monday 09:00): past it, each wake-up replays
     # the ticket's history (bench.scale). 0 keeps none.
     workflow_cache: int = Field(default=1000, ge=0)
+    # How often a worker brings SLA clock rows up to their events (activities/clocks.py, reconcile): rows that a
+    # worker of a release before migration 0009 left behind in a rolling upgrade. It also runs at each start.
+    clock_reconcile_seconds: float = Field(default=60.0, gt=0)
     survey_http_host: str = "127.0.0.1"
     survey_http_port: int = 8089  # the CSAT survey pages; 0 disables them in `ticketflow dev`
     survey_url: str = "http://127.0.0.1:8089"  # public base URL of the survey pages, used in survey links
