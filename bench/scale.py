@@ -91,6 +91,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         " takes about an hour)",
     )
     p.add_argument("--max-cached", type=int, default=1000, help="the worker's max_cached_workflows")
+    p.add_argument(
+        "--sandbox",
+        choices=["strict", "shared", "off"],
+        default="strict",
+        help="the worker's workflow sandbox (TICKETFLOW_WORKFLOW_SANDBOX; off: unsandboxed, what the sandbox costs)",
+    )
     p.add_argument("--temporal-file", action="store_true", help="file-backed dev server (default: in memory)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     args = p.parse_args(argv)
@@ -197,7 +203,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     queue = f"scale-{uuid.uuid4().hex[:6]}"
     async with Stack(temporal_file=args.temporal_file, keep=args.keep) as stack:
         assert stack.client is not None
-        worker = await stack.start_worker(WorkerOptions(task_queue=queue, config=policy, max_cached=args.max_cached))
+        worker = await stack.start_worker(
+            WorkerOptions(task_queue=queue, config=policy, max_cached=args.max_cached, sandbox=args.sandbox)
+        )
         tc = TicketClient(stack.client, queue)
         samples: list[dict[str, Any]] = [{"open": 0, **cache_sample(stack, worker.pid)}]
         timeline = Timeline(stack).start()
@@ -290,11 +298,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "kib_per_open_ticket": (settled["rss_mib"] - base_rss) * 1024 / len(ids) if ids else None,
         "kib_per_cached_workflow": (settled["rss_mib"] - base_rss) * 1024 / cached if cached else None,
         "max_cached": args.max_cached,
+        "sandbox": args.sandbox,
         "samples": [*samples, after_wave],
     }
 
     table(
-        f"scale: worker memory and workflow cache, {len(ids):,} open tickets, max_cached_workflows={args.max_cached}",
+        f"scale: worker memory and workflow cache, {len(ids):,} open tickets, max_cached_workflows={args.max_cached}, "
+        f"sandbox {args.sandbox}",
         ["open tickets", "worker RSS MiB", "cache size", "forced evictions", "cache misses"],
         [
             [
