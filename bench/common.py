@@ -235,7 +235,7 @@ class WorkerOptions:
     # (pip compiles on install). False is an editable install under PYTHONDONTWRITEBYTECODE=1, as on this
     # project's development machines: workflows/ticket.py is compiled from source for every new workflow.
     bytecode: bool = True
-    sandbox: str = "strict"  # "shared" (TICKETFLOW_WORKFLOW_SANDBOX), or "off": unsandboxed, what the sandbox costs
+    sandbox: str = "strict"  # or "shared", "off" (TICKETFLOW_WORKFLOW_SANDBOX)
 
 
 @dataclass

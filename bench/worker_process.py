@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import Worker
 
 import worker
 from activities.db import open_pool
@@ -45,7 +45,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--sandbox",
         choices=("strict", "shared", "off"),
         default="strict",
-        help="the ticket workflow's sandbox (TICKETFLOW_WORKFLOW_SANDBOX); off: unsandboxed, not the product",
+        help="the ticket workflow's sandbox (TICKETFLOW_WORKFLOW_SANDBOX)",
     )
     return p.parse_args(argv)
 
@@ -54,13 +54,7 @@ async def run(args: argparse.Namespace) -> None:
     bind = f"127.0.0.1:{args.sdk_metrics_port}" if args.sdk_metrics_port else None
     client = await connect(args.temporal, sdk_metrics_bind=bind)
     floor_runner = worker.sandbox_runner()  # the floor: the SDK's default sandbox, whatever the variant
-    sandbox: WorkflowSandbox = "shared" if args.sandbox == "shared" else "strict"
-    if args.sandbox == "off":  # the product's build_worker always sandboxes: swap the runner it asks for
-
-        def unsandboxed(_mode: WorkflowSandbox = "strict") -> Any:
-            return UnsandboxedWorkflowRunner()
-
-        worker.sandbox_runner = unsandboxed  # type: ignore[assignment]
+    sandbox: WorkflowSandbox = args.sandbox
     config = Config.model_validate_json(args.config.read_text("utf-8")) if args.config else default_config()
     options: dict[str, Any] = {"max_cached_workflows": args.max_cached, "graceful_shutdown_timeout": DRAIN}
     # Experiments with the SDK's worker options, e.g. BENCH_WORKER_OPTIONS='{"max_concurrent_workflow_tasks": 20}'

@@ -147,7 +147,7 @@ async def test_an_opening_that_fails_half_way_leaves_nothing_and_the_retry_write
     assert len(found["routing"]) == 1 and len(found["sla"]) == 2
 
 
-@pytest.mark.parametrize("sandbox", ["strict", "shared"])
+@pytest.mark.parametrize("sandbox", ["strict", "shared", "off"])
 async def test_a_new_ticket_opens_in_one_activity(
     dev_client: Client,
     pool: Pool,

@@ -20,7 +20,7 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from starter.client import TicketClient
 from tests.conftest import WorkerFactory, wall_clock
 from tests.factories import ticket
-from ticketflow.config import Config, default_config
+from ticketflow.config import Config, WorkflowSandbox, default_config
 from ticketflow.ids import workflow_id
 from ticketflow.models import Priority, Status, TicketState, TicketWorkflowInput
 from ticketflow.temporal import DATA_CONVERTER
@@ -38,8 +38,8 @@ def config() -> Config:
     return wall_clock(default_config())
 
 
-def replayer() -> Replayer:
-    return Replayer(workflows=list(WORKFLOWS), data_converter=DATA_CONVERTER, workflow_runner=sandbox_runner())
+def replayer(sandbox: WorkflowSandbox = "strict") -> Replayer:
+    return Replayer(workflows=list(WORKFLOWS), data_converter=DATA_CONVERTER, workflow_runner=sandbox_runner(sandbox))
 
 
 async def drive_every_path(tickets: TicketClient, env: WorkflowEnvironment) -> dict[str, str]:
@@ -124,10 +124,12 @@ async def test_histories_of_this_run_replay(
 RECORDED = {p.stem: p.read_text("utf-8") for p in sorted(HISTORIES.glob("*.json"))}
 
 
+@pytest.mark.parametrize("sandbox", ["strict", "shared", "off"])
 @pytest.mark.parametrize("name", sorted(RECORDED))
-async def test_recorded_histories_replay(name: str) -> None:
+async def test_recorded_histories_replay(name: str, sandbox: WorkflowSandbox) -> None:
+    """Every worker setting (TICKETFLOW_WORKFLOW_SANDBOX) takes the same decisions."""
     history = WorkflowHistory.from_json(name, RECORDED[name])
-    result = await replayer().replay_workflow(history, raise_on_replay_failure=True)
+    result = await replayer(sandbox).replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
 
 
