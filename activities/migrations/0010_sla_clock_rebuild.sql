@@ -4,7 +4,14 @@
 -- audit step (true), an old worker's insert leaves the column out (false), and the audit step sets it.
 ALTER TABLE sla_events ADD COLUMN clock_applied boolean NOT NULL DEFAULT true;
 ALTER TABLE sla_events ALTER COLUMN clock_applied SET DEFAULT false;
--- The events no row has yet: empty but for a rolling upgrade, so the workers' periodic check costs nothing.
+-- Except what an old worker wrote while 0009 built the rows (after its snapshot): nothing tells those events apart,
+-- so the events of open tickets, the clocks the at-risk gauge reads, count as unapplied, and the first worker to
+-- start rebuilds those clocks from all their events (the same result for the rest).
+UPDATE sla_events e SET clock_applied = false
+FROM tickets t
+WHERE t.id = e.ticket_id AND t.status IN ('new', 'open', 'pending') AND e.metric <> 'tier';
+-- The events no row has yet: empty once the first worker has reconciled, but during a rolling upgrade, so the
+-- workers' periodic check costs nothing.
 CREATE INDEX sla_events_unapplied ON sla_events (ticket_id) WHERE NOT clock_applied AND metric <> 'tier';
 
 -- Each SLA clock's state as its events define it: 0009's backfill as a view, from which the workers rebuild the
