@@ -135,20 +135,22 @@ def smtp_settings(settings: Settings) -> SmtpSettings:
 
 
 async def reconcile_clocks(conninfo: str, config: Config) -> None:
-    rebuilt = await clocks.reconcile(conninfo, config)
+    """A database that is away for a moment, or a deadlock with an audit step (PostgreSQL aborts one of the two),
+    is the next round's business, not a reason to stop the worker."""
+    try:
+        rebuilt = await clocks.reconcile(conninfo, config)
+    except (psycopg.Error, OSError) as err:
+        log.warning("SLA clocks not reconciled this time: %s", err)
+        return
     if rebuilt:
         log.info("%d SLA clock rows rebuilt from events that a worker before migration 0009 wrote", rebuilt)
 
 
 async def keep_clocks_reconciled(conninfo: str, config: Config, every: float) -> None:
-    """A rolling upgrade past 0009 runs old workers beside this one for a while: catch their clocks up. A database
-    that is away for a moment is the health probe's business, not a reason to stop the worker."""
+    """A rolling upgrade past 0009 runs old workers beside this one for a while: catch their clocks up."""
     while True:
         await asyncio.sleep(every)
-        try:
-            await reconcile_clocks(conninfo, config)
-        except (psycopg.Error, OSError) as err:
-            log.warning("SLA clocks not reconciled this time: %s", err)
+        await reconcile_clocks(conninfo, config)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -29,6 +29,7 @@ from activities.db import migrate
 from activities.mail import SmtpSettings
 from activities.tickets import TicketActivities
 from starter.client import TicketClient
+from starter.devstack import free_port
 from tests.conftest import SURVEY_LINKS, WorkerFactory
 from tests.test_backlog import insert_ticket
 from tests.test_e2e import poll
@@ -44,7 +45,7 @@ from tests.test_sla import (  # noqa: F401 (ts_env: the fixture)
 )
 from ticketflow.config import Config
 from ticketflow.models import AuditEntry, Priority, SlaEvent
-from worker import keep_clocks_reconciled
+from worker import keep_clocks_reconciled, reconcile_clocks
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -379,6 +380,14 @@ async def test_the_worker_reconciles_clocks_while_it_runs(migrated: str, pool: P
         assert_equal_to_replay(found, entries, config)
     finally:
         task.cancel()
+
+
+async def test_a_database_away_skips_a_round_of_reconciling_and_keeps_the_worker(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there
+    await reconcile_clocks(f"postgresql://postgres@127.0.0.1:{port}/ticketflow?connect_timeout=2", config)
+    assert "SLA clocks not reconciled this time" in caplog.text
 
 
 async def test_a_tickets_clock_rows_fall_due_when_its_workflow_says(
