@@ -856,13 +856,15 @@ class TicketActivities:
                     "UPDATE outbox SET status = 'sent', attempt_open = false, sent_at = now() WHERE key = %s",
                     (note.key,),
                 )
+            # counted as the commit returns, with no await in between: not after QUIT, a round trip in which a
+            # killed worker would lose the count of a mail its outbox row says was sent
+            metrics.NOTIFICATIONS.labels(template=note.template, outcome="sent").inc()
         except Exception as err:
             if not mail.is_permanent(err):
                 await self._attempt_failed(conn, note.key, err)
             raise
         finally:
             await mail.close(smtp)
-        metrics.NOTIFICATIONS.labels(template=note.template, outcome="sent").inc()
         return NotificationResult(key=note.key, status="sent", recipient=row["recipient"], message_id=row["message_id"])
 
     @staticmethod
