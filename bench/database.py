@@ -512,8 +512,8 @@ BACKLOG = [
     # condition on ticket_id must reach into the view's window (an index scan), or each rebuild reads every event.
     Query(
         "clocks: events no clock row has (reconcile)",
-        "SELECT DISTINCT ticket_id FROM sla_events WHERE NOT clock_applied AND metric <> 'tier' LIMIT 500",
-        lambda s: (),
+        clocks._UNAPPLIED,
+        lambda s: (clocks.RECONCILE_BATCH,),
         kind="backlog",
         from_source=False,
         new=True,

@@ -31,7 +31,7 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import psycopg
 from psycopg.rows import dict_row
@@ -54,7 +54,7 @@ from bench.common import (
 from bench.load import Submitted, pipeline_times, sdk_submitter, submit_all, tickets, wait_acknowledged
 from starter.client import TicketClient
 from ticketflow.calendar import BusinessCalendar, Interval, Weekday
-from ticketflow.config import Config, SlaTarget, default_config
+from ticketflow.config import Config, SlaTarget, WorkflowSandbox, default_config
 from ticketflow.models import Priority
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -93,7 +93,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cached", type=int, default=1000, help="the worker's max_cached_workflows")
     p.add_argument(
         "--sandbox",
-        choices=["strict", "shared", "off"],
+        choices=get_args(WorkflowSandbox),
         default="strict",
         help="the worker's workflow sandbox (TICKETFLOW_WORKFLOW_SANDBOX; off: unsandboxed, what the sandbox costs)",
     )

@@ -14,7 +14,7 @@ import os
 import signal
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from temporalio.worker import Worker
 
@@ -43,7 +43,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sdk-metrics-port", type=int, default=0)
     p.add_argument(
         "--sandbox",
-        choices=("strict", "shared", "off"),
+        choices=get_args(WorkflowSandbox),
         default="strict",
         help="the ticket workflow's sandbox (TICKETFLOW_WORKFLOW_SANDBOX)",
     )
