@@ -143,9 +143,12 @@ class TicketActivities:
         fifteen) and one commit. Each part keeps its own idempotency key, so a retry after a commit
         returns what the first attempt decided and writes nothing twice. The first-ticket check of the
         rules sees committed tickets only: two tickets of a new customer opened in the same instant both
-        count as their first."""
+        count as their first. The acknowledgement the workflow asks for commits with the rest and gets one
+        delivery attempt here, as a reminder's notices do in `record_and_notify`: an opening is then two
+        workflow tasks instead of three."""
         ticket = await self._validated(req.raw)
         tally = metrics.Tally()
+        ack: dict[str, Any] | Exception | None = None
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 intake = await self._insert_ticket(
@@ -184,7 +187,11 @@ class TicketActivities:
                     )
                     await self._record(conn, opened, tally)
                     result = OpenResult(intake=intake, categorisation=cat, policy=policy, routing=routing, audit_seq=4)
-        tally.flush()
+                    if req.acknowledge is not None:
+                        ack = await self._outbox_or_fault(conn, req.acknowledge)
+            tally.flush()
+            if req.acknowledge is not None and result.routing is not None:
+                [result.acknowledgement] = await self._first_attempts(conn, [req.acknowledge], [ack])
         return result
 
     @activity.defn(name=contract.INTAKE)
@@ -758,32 +765,46 @@ class TicketActivities:
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 await self._record(conn, step.entry, tally)
-                rows: list[dict[str, Any] | Exception | None] = []
-                for note in step.notes:
-                    try:
-                        async with conn.transaction():  # a savepoint: a mail that does not render holds no entry
-                            rows.append(await self._outbox(conn, note))
-                    except Exception as err:  # a template or policy fault: `notify` retries it or records it
-                        log.warning("mail %s not rendered, left to notify: %r", note.key, err)
-                        rows.append(err)
+                rows = [await self._outbox_or_fault(conn, note) for note in step.notes]
             tally.flush()
-            first_attempt = activity.info().attempt == 1
-            results = []
-            for note, row in zip(step.notes, rows, strict=True):
-                if isinstance(row, Exception):
-                    results.append(NotificationResult(key=note.key, status="pending"))
-                elif row is None:
-                    results.append(NotificationResult(key=note.key, status="no_recipient"))
-                elif row["status"] != "pending":
-                    results.append(self._result(note.key, row))
-                elif not first_attempt:
+            return await self._first_attempts(conn, step.notes, rows)
+
+    async def _outbox_or_fault(
+        self, conn: AsyncConnection[dict[str, Any]], note: Notification
+    ) -> dict[str, Any] | Exception | None:
+        """A step's mail in the step's transaction, or the fault that kept it from rendering."""
+        try:
+            async with conn.transaction():  # a savepoint: a mail that does not render holds back nothing else
+                return await self._outbox(conn, note)
+        except Exception as err:  # a template or policy fault: `notify` retries it or records it
+            log.warning("mail %s not rendered, left to notify: %r", note.key, err)
+            return err
+
+    async def _first_attempts(
+        self,
+        conn: AsyncConnection[dict[str, Any]],
+        notes: list[Notification],
+        rows: list[dict[str, Any] | Exception | None],
+    ) -> list[NotificationResult]:
+        """After the step's commit, one delivery attempt per pending mail, on the first attempt of the step only
+        (a retry may run while the first still sends); anything not delivered comes back `pending`."""
+        first_attempt = activity.info().attempt == 1
+        results = []
+        for note, row in zip(notes, rows, strict=True):
+            if isinstance(row, Exception):
+                results.append(NotificationResult(key=note.key, status="pending"))
+            elif row is None:
+                results.append(NotificationResult(key=note.key, status="no_recipient"))
+            elif row["status"] != "pending":
+                results.append(self._result(note.key, row))
+            elif not first_attempt:
+                results.append(NotificationResult(key=note.key, status="pending", recipient=row["recipient"]))
+            else:
+                try:
+                    results.append(await self._deliver(conn, note, row, self._inline_smtp))
+                except Exception as err:  # transient: the row is pending, `notify` takes it from here
+                    log.info("mail %s not delivered inline, left to notify: %r", note.key, err)
                     results.append(NotificationResult(key=note.key, status="pending", recipient=row["recipient"]))
-                else:
-                    try:
-                        results.append(await self._deliver(conn, note, row, self._inline_smtp))
-                    except Exception as err:  # transient: the row is pending, `notify` takes it from here
-                        log.info("mail %s not delivered inline, left to notify: %r", note.key, err)
-                        results.append(NotificationResult(key=note.key, status="pending", recipient=row["recipient"]))
         return results
 
     @activity.defn(name=contract.NOTIFY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -140,6 +141,15 @@ def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
 @pytest.fixture(scope="session")
 def smtp_settings(smtp: SmtpSink) -> SmtpSettings:
     return SmtpSettings(host=smtp.host, port=smtp.port)
+
+
+@pytest.fixture
+def silent_relay() -> Iterator[int]:
+    """A relay that accepts the connection and never says a word."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
 
 
 async def start_time_skipping() -> WorkflowEnvironment:

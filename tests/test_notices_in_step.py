@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -85,8 +83,8 @@ async def test_reminders_and_breach_send_their_staff_mails_from_the_step_that_wr
         if e["detail"]["metric"] == "first_response"
     ]
     assert written == [("sla_reminder", 0.5), ("sla_reminder", 0.75), ("sla_reminder", 0.9), ("sla_breach", 1.0)]
-    # Four steps wrote the four entries and their mails; `notify` ran for the acknowledgement alone.
-    assert scheduled(history) == {"open_ticket": 1, "notify": 1, "record_and_notify": 4}
+    # Four steps wrote the four entries and their mails, and the opening step the acknowledgement: no `notify`.
+    assert scheduled(history) == {"open_ticket": 1, "record_and_notify": 4}
     staff = await outbox(pool, tid, "sla_reminder") + await outbox(pool, tid, "sla_breach")
     lead = "ines.weber@northwind.example"
     # the assignee at each reminder; the lead as well at the last one (90 %) and at the breach
@@ -127,15 +125,6 @@ async def test_a_relay_down_at_the_deadline_hands_the_mails_to_the_background(
     assert row["status"] == "sent" and row["interrupted"] == 0
     delivered = Counter(m.message_id for m in relay.messages)
     assert len(delivered) == 2 and set(delivered.values()) == {1}  # the acknowledgement and the reminder, once
-
-
-@pytest.fixture
-def silent_relay() -> Iterator[int]:
-    """A relay that accepts the connection and never says a word."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        yield server.getsockname()[1]
 
 
 async def reminder_step(acts: TicketActivities) -> EntryWithNotices:

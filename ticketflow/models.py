@@ -546,11 +546,13 @@ class IntakeRequest(BaseModel):
 
 
 class OpenRequest(BaseModel):
-    """The whole opening of a ticket as one step: intake, categorisation, policy, routing, `opened`."""
+    """The whole opening of a ticket as one step: intake, categorisation, policy, routing, `opened`, and (since
+    "ack-in-open-step") the acknowledgement's outbox row and first delivery attempt."""
 
     ticket_id: str
     raw: dict[str, Any]
     at: datetime  # workflow time: received, categorised, routed and opened at this instant
+    acknowledge: Notification | None = None  # None: imported, or a run from before "ack-in-open-step"
 
 
 class OpenResult(BaseModel):
@@ -559,6 +561,9 @@ class OpenResult(BaseModel):
     policy: Policy | None = None  # None (with routing) when an automation rule marked the ticket spam
     routing: Routing | None = None
     audit_seq: int  # the last audit entry the step wrote
+    # The acknowledgement's first attempt. None (from a worker that did not know `acknowledge`) or "pending"
+    # (not rendered or not delivered there): the workflow hands it to `notify`.
+    acknowledgement: NotificationResult | None = None
 
 
 class CategoriseRequest(BaseModel):
@@ -617,3 +622,5 @@ class RatingRecord(BaseModel):
 
 TicketState.model_rebuild()
 TicketWorkflowInput.model_rebuild()
+OpenRequest.model_rebuild()
+OpenResult.model_rebuild()
