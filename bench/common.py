@@ -236,6 +236,7 @@ class WorkerOptions:
     # project's development machines: workflows/ticket.py is compiled from source for every new workflow.
     bytecode: bool = True
     sandbox: str = "strict"  # or "shared", "off" (TICKETFLOW_WORKFLOW_SANDBOX)
+    ack_apart: bool = False  # the opening's shape before patch ack-in-open-step (bench.worker_process --ack-apart)
 
 
 @dataclass
@@ -316,6 +317,8 @@ class Stack:
         port = free_port() if options.metrics else 0
         args += ["--sdk-metrics-port", str(port)]
         args += ["--sandbox", options.sandbox]
+        if options.ack_apart:
+            args.append("--ack-apart")
         if options.task_queue:
             args += ["--task-queue", options.task_queue]
         if options.floor_queue:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import statistics
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
@@ -53,6 +56,13 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"rates": [5, 10, 15, 20, 30, 40, 60, 80, 120, 160], "step_seconds": 30.0, "min_step": 100, "burst": 2000},
 }
 FLOORS = {"floor": FLOOR_WORKFLOW, "floor_shaped": SHAPED_FLOOR_WORKFLOW}  # bench/floor.py
+# Variants of the worker for --paired, each a before/after of one candidate gain.
+PAIRED: dict[str, WorkerOptions] = {
+    "ack_apart": WorkerOptions(ack_apart=True),
+    "no_bytecode": WorkerOptions(bytecode=False),
+    "shared_sandbox": WorkerOptions(sandbox="shared"),
+    "unsandboxed": WorkerOptions(sandbox="off"),
+}
 SATURATED = 0.85  # a step whose completions keep up with less than this share of the offered rate
 
 
@@ -65,6 +75,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=64, help="callers in the burst")
     p.add_argument("--temporal-file", action="store_true", help="file-backed dev server (default: in memory)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    p.add_argument(
+        "--paired",
+        choices=sorted(PAIRED),
+        help="instead of the ramp: bursts on fresh workers, the default one and this variant in turn, "
+        "--rounds times; medians and their ratio (a before/after that the drift between runs cannot blur)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --paired")
     args = p.parse_args(argv)
     for k, v in SIZES[args.size].items():
         if getattr(args, k, None) is None:
@@ -172,8 +189,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # - no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the
         #   sandbox compiles workflows/ticket.py from source for every workflow it creates;
         # - the shared sandbox (TICKETFLOW_WORKFLOW_SANDBOX=shared): the workflow module imported once;
-        # - no sandbox: what the sandbox's per-workflow module imports and run-time checks cost.
+        # - no sandbox: what the sandbox's per-workflow module imports and run-time checks cost;
+        # - the acknowledgement apart, sent by `notify` after the opening step as before patch ack-in-open-step.
         for name, variant in (
+            ("pipeline_ack_apart", WorkerOptions(ack_apart=True)),
             ("pipeline_no_bytecode", WorkerOptions(bytecode=False)),
             ("pipeline_shared_sandbox", WorkerOptions(sandbox="shared")),
             ("pipeline_unsandboxed", WorkerOptions(sandbox="off")),
@@ -262,9 +281,64 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def ratio_of(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+async def paired(args: argparse.Namespace) -> dict[str, Any]:
+    """The default worker and one variant in turn, each fresh (an empty cache, a warm-up batch) for its burst, on
+    one server whose open tickets grow alike for both: the ratio of medians is the variant's gain or loss."""
+    busy_warning()
+    queue = f"bench-{uuid.uuid4().hex[:6]}"
+    sides = {"default": WorkerOptions(), args.paired: PAIRED[args.paired]}
+    bursts: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    async with Stack(temporal_file=args.temporal_file, keep=args.keep) as stack:
+        bench = Intake(stack, queue, "")
+        for r in range(args.rounds):
+            for name, options in sides.items():
+                worker = await stack.start_worker(dataclasses.replace(options, task_queue=queue))
+                await bench.batch("pipeline", 20, None, 8)
+                console.log(f"round {r + 1} of {args.rounds}: {name}")
+                bursts[name].append(await bench.batch("pipeline", args.burst, None, args.concurrency))
+                await stack.stop_worker(worker)
+
+    def median(name: str, figure: Callable[[dict[str, Any]], float | None]) -> float | None:
+        values = [v for f in bursts[name] if (v := figure(f)) is not None]
+        return statistics.median(values) if values else None
+
+    figures: dict[str, Callable[[dict[str, Any]], float | None]] = {
+        "per s": lambda f: f["makespan_per_s"],
+        "cpu ms": lambda f: f["cpu_ms_per_item"].get("total"),
+        "worker": lambda f: f["cpu_ms_per_item"].get("worker"),
+        "temporal": lambda f: f["cpu_ms_per_item"].get("temporal"),
+        "pg": lambda f: f["cpu_ms_per_item"].get("postgres"),
+    }
+    medians = {name: {k: median(name, get) for k, get in figures.items()} for name in sides}
+    base, other = medians["default"], medians[args.paired]
+    ratios = {k: ratio_of(other[k], base[k]) for k in figures}
+    rows = [[name, *(" ".join(fmt(get(f), 1) for f in bursts[name]) for get in figures.values())] for name in sides]
+    rows.append(["median ratio", *(fmt(ratios[k], 2) for k in figures)])
+    table(
+        f"paired bursts of {args.burst} ({args.concurrency} callers) on fresh workers, {args.rounds} rounds in turn",
+        ["worker", *figures],
+        rows,
+        caption="each cell: one figure per round; per s: first submit to last acknowledgement; cpu ms: CPU "
+        "milliseconds per ticket (all processes, then by process); ratio: variant / default",
+    )
+    return {
+        "params": {k: v for k, v in vars(args).items() if k != "keep"},
+        "bursts": bursts,
+        "medians": medians,
+        "ratios": ratios,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    write_results("intake", asyncio.run(run(args)))
+    if args.paired:
+        write_results(f"intake-paired-{args.paired}", asyncio.run(paired(args)))
+    else:
+        write_results("intake", asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

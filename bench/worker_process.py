@@ -16,18 +16,30 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, get_args
 
+from temporalio import activity
 from temporalio.worker import Worker
 
 import worker
 from activities.db import open_pool
 from activities.mail import SmtpSettings
-from activities.tickets import SurveyLinks
+from activities.tickets import SurveyLinks, TicketActivities
 from bench.floor import BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
+from ticketflow import contract
 from ticketflow.config import Config, WorkflowSandbox, default_config
+from ticketflow.models import OpenRequest, OpenResult
 from ticketflow.temporal import connect
 
 SURVEY_LINKS = SurveyLinks("http://survey.bench.invalid", b"bench-survey-secret-not-for-production")
 DRAIN = timedelta(seconds=2)
+
+
+class AckApart(TicketActivities):
+    """The opening step of a worker from before "ack-in-open-step": the workflow then sends the acknowledgement
+    through `notify`, one more activity and workflow task, everything else the same."""
+
+    @activity.defn(name=contract.OPEN_TICKET)
+    async def open_ticket(self, req: OpenRequest) -> OpenResult:
+        return await super().open_ticket(req.model_copy(update={"acknowledge": None}))
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +53,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cached", type=int, default=1000, help="max_cached_workflows (the SDK default is 1000)")
     p.add_argument("--pool", type=int, default=10, help="database pool size (TICKETFLOW_DB_POOL_MAX default)")
     p.add_argument("--sdk-metrics-port", type=int, default=0)
+    p.add_argument(
+        "--ack-apart",
+        action="store_true",
+        help="the opening step ignores the acknowledgement it is asked for, so `notify` sends it in a workflow task"
+        " of its own: the opening's shape before patch ack-in-open-step, as a worker from before it runs it",
+    )
     p.add_argument(
         "--sandbox",
         choices=get_args(WorkflowSandbox),
@@ -69,6 +87,7 @@ async def run(args: argparse.Namespace) -> None:
         async with contextlib.AsyncExitStack() as workers:
             if args.task_queue:
                 smtp = SmtpSettings(host="127.0.0.1", port=args.smtp_port)
+                acts = (AckApart if args.ack_apart else TicketActivities)(pool, config, smtp, survey_links=SURVEY_LINKS)
                 await workers.enter_async_context(
                     worker.build_worker(
                         client,
@@ -76,7 +95,7 @@ async def run(args: argparse.Namespace) -> None:
                         pool,
                         config,
                         smtp,
-                        survey_links=SURVEY_LINKS,
+                        activities=acts,
                         sandbox=sandbox,
                         **options,
                     )
