@@ -237,6 +237,9 @@ class WorkerOptions:
     bytecode: bool = True
     sandbox: str = "strict"  # or "shared", "off" (TICKETFLOW_WORKFLOW_SANDBOX)
     ack_apart: bool = False  # the opening's shape before patch ack-in-open-step (bench.worker_process --ack-apart)
+    sdk_options: dict[str, Any] = field(
+        default_factory=dict
+    )  # the SDK Worker's own, e.g. max_concurrent_workflow_tasks
 
 
 @dataclass
@@ -334,6 +337,8 @@ class Stack:
             if options.bytecode
             else {"PYTHONPYCACHEPREFIX": str(self.workdir / f"no-pycache-{n}"), "PYTHONDONTWRITEBYTECODE": "1"}
         )
+        if options.sdk_options:
+            env["BENCH_WORKER_OPTIONS"] = json.dumps(options.sdk_options)
         child = Child(f"worker {n}", "bench.worker_process", args, self.workdir / f"worker-{n}.log", env)
         await asyncio.to_thread(child.wait_ready)
         self.workers.append(child)

@@ -59,6 +59,8 @@ FLOORS = {"floor": FLOOR_WORKFLOW, "floor_shaped": SHAPED_FLOOR_WORKFLOW}  # ben
 # Variants of the worker for --paired, each a before/after of one candidate gain.
 PAIRED: dict[str, WorkerOptions] = {
     "ack_apart": WorkerOptions(ack_apart=True),
+    # 4 workflow-task slots, and so 4 threads running activations, instead of 100: what contention for the GIL costs
+    "few_slots": WorkerOptions(sdk_options={"max_concurrent_workflow_tasks": 4}),
     "no_bytecode": WorkerOptions(bytecode=False),
     "shared_sandbox": WorkerOptions(sandbox="shared"),
     "unsandboxed": WorkerOptions(sandbox="off"),
