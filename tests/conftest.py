@@ -218,16 +218,25 @@ async def terminate_leftovers(client: Client, ids: list[str]) -> None:
             pass
 
 
+@asynccontextmanager
+async def recorded_client(client: Client) -> AsyncIterator[Client]:
+    """The client again, and every workflow started through it terminated on the way out."""
+    recorder = StartRecorder()
+    config = client.config()
+    config["interceptors"] = [*config["interceptors"], recorder]
+    recorded = Client(**config)
+    try:
+        yield recorded
+    finally:
+        await terminate_leftovers(recorded, recorder.ids)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def ts_client(ts_env: WorkflowEnvironment) -> AsyncIterator[Client]:
     """The time-skipping client for one test. Timers of tickets a test leaves open would fire
     during the next test's time skips with no worker to run them, so they are terminated."""
-    recorder = StartRecorder()
-    config = ts_env.client.config()
-    config["interceptors"] = [*config["interceptors"], recorder]
-    client = Client(**config)
-    yield client
-    await terminate_leftovers(client, recorder.ids)
+    async with recorded_client(ts_env.client) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

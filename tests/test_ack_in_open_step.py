@@ -26,7 +26,7 @@ from activities.mail import SmtpSettings
 from starter.client import TicketClient
 from starter.devstack import free_port
 from starter.smtp_sink import SmtpSink
-from tests.conftest import SURVEY_LINKS, StartRecorder, mail_settled, terminate_leftovers, wall_clock
+from tests.conftest import SURVEY_LINKS, mail_settled, recorded_client, wall_clock
 from tests.factories import ticket
 from tests.test_notices_in_step import outbox, scheduled
 from tests.test_timers import events, open_ticket
@@ -134,27 +134,22 @@ async def test_an_acknowledgement_that_does_not_render_holds_back_no_part_of_the
 
 
 async def test_a_relay_down_at_the_opening_hands_the_acknowledgement_to_the_background(
-    ts_env: WorkflowEnvironment, pool: Pool, config: Config, task_queue: str
+    ts_env: WorkflowEnvironment, ts_client: Client, pool: Pool, config: Config, task_queue: str
 ) -> None:
     relay = SmtpSink(port=free_port())  # down until the ticket has opened
-    recorder = StartRecorder()
-    client_config = ts_env.client.config()
-    client_config["interceptors"] = [recorder]
-    client = Client(**client_config)
-    tickets = TicketClient(client, task_queue)
+    tickets = TicketClient(ts_client, task_queue)
+    smtp = SmtpSettings(host="127.0.0.1", port=relay.port, timeout=2)
     try:
-        smtp = SmtpSettings(host="127.0.0.1", port=relay.port, timeout=2)
-        async with build_worker(client, task_queue, pool, config, smtp, survey_links=SURVEY_LINKS):
+        async with build_worker(ts_client, task_queue, pool, config, smtp, survey_links=SURVEY_LINKS):
             tid = await open_ticket(tickets)
             [row] = await outbox(pool, tid, "acknowledgement")
             assert row["status"] == "pending" and "Connect" in (row["last_error"] or ""), row
             relay.start()
             await ts_env.sleep(timedelta(minutes=5, seconds=30))  # notify retries every 5 min at most
-            await mail_settled(client, tid)
-            history = await client.get_workflow_handle(workflow_id(tid)).fetch_history()
+            await mail_settled(ts_client, tid)
+            history = await ts_client.get_workflow_handle(workflow_id(tid)).fetch_history()
     finally:
         relay.stop()
-        await terminate_leftovers(client, recorder.ids)
     assert scheduled(history) == {"open_ticket": 1, "notify": 1}
     [row] = await outbox(pool, tid, "acknowledgement")
     assert row["status"] == "sent" and row["interrupted"] == 0
@@ -173,19 +168,12 @@ class WorkerBeforeTheChange(TicketActivities):
 async def test_a_worker_from_before_the_change_leaves_the_acknowledgement_to_notify(
     dev_client: Client, pool: Pool, config: Config, smtp: SmtpSink, smtp_settings: SmtpSettings, task_queue: str
 ) -> None:
-    recorder = StartRecorder()
-    client_config = dev_client.config()
-    client_config["interceptors"] = [recorder]
-    client = Client(**client_config)
-    tickets = TicketClient(client, task_queue)
     acts = WorkerBeforeTheChange(pool, config, smtp_settings, survey_links=SURVEY_LINKS)
-    try:
+    async with recorded_client(dev_client) as client:
         async with build_worker(client, task_queue, pool, config, smtp_settings, activities=acts):
-            tid = await open_ticket(tickets)
+            tid = await open_ticket(TicketClient(client, task_queue))
             await mail_settled(client, tid)
             history = await client.get_workflow_handle(workflow_id(tid)).fetch_history()
-    finally:
-        await terminate_leftovers(client, recorder.ids)
     assert scheduled(history) == {"open_ticket": 1, "notify": 1}
     assert [r["status"] for r in await outbox(pool, tid, "acknowledgement")] == ["sent"]
     assert list(delivered(smtp, tid).values()) == [1]
