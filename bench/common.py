@@ -237,9 +237,8 @@ class WorkerOptions:
     bytecode: bool = True
     sandbox: str = "strict"  # or "shared", "off" (TICKETFLOW_WORKFLOW_SANDBOX)
     ack_apart: bool = False  # the opening's shape before patch ack-in-open-step (bench.worker_process --ack-apart)
-    sdk_options: dict[str, Any] = field(
-        default_factory=dict
-    )  # the SDK Worker's own, e.g. max_concurrent_workflow_tasks
+    # the SDK Worker's own options, e.g. max_concurrent_workflow_tasks (bench.worker_process's BENCH_WORKER_OPTIONS)
+    sdk_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
