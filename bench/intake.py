@@ -56,15 +56,21 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {"rates": [5, 10, 15, 20, 30, 40, 60, 80, 120, 160], "step_seconds": 30.0, "min_step": 100, "burst": 2000},
 }
 FLOORS = {"floor": FLOOR_WORKFLOW, "floor_shaped": SHAPED_FLOOR_WORKFLOW}  # bench/floor.py
-# Variants of the worker for --paired, each a before/after of one candidate gain.
+# Variants of the worker, each a before/after of one candidate gain (a burst each in a whole run, or --paired):
 PAIRED: dict[str, WorkerOptions] = {
+    # the acknowledgement apart, sent by `notify` after the opening step as before patch ack-in-open-step
     "ack_apart": WorkerOptions(ack_apart=True),
     # 4 workflow-task slots, and so 4 threads running activations, instead of 100: what contention for the GIL costs
     "few_slots": WorkerOptions(sdk_options={"max_concurrent_workflow_tasks": 4}),
+    # no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the sandbox
+    # compiles workflows/ticket.py from source for every workflow it creates
     "no_bytecode": WorkerOptions(bytecode=False),
+    # the shared sandbox (TICKETFLOW_WORKFLOW_SANDBOX=shared): the workflow module imported once
     "shared_sandbox": WorkerOptions(sandbox="shared"),
+    # no sandbox: what the sandbox's per-workflow module imports and run-time checks cost
     "unsandboxed": WorkerOptions(sandbox="off"),
 }
+IN_WHOLE_RUN = ("ack_apart", "no_bytecode", "shared_sandbox", "unsandboxed")  # few_slots: --paired only
 SATURATED = 0.85  # a step whose completions keep up with less than this share of the offered rate
 
 
@@ -187,23 +193,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         kinds = ("floor", "floor_shaped", "pipeline")
         bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in kinds}
         shapes = {kind: await history_shape(bench.client, wid) for kind, wid in bench.last.items()}
-        # Variants of the worker, each a before/after of one candidate gain:
-        # - no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the
-        #   sandbox compiles workflows/ticket.py from source for every workflow it creates;
-        # - the shared sandbox (TICKETFLOW_WORKFLOW_SANDBOX=shared): the workflow module imported once;
-        # - no sandbox: what the sandbox's per-workflow module imports and run-time checks cost;
-        # - the acknowledgement apart, sent by `notify` after the opening step as before patch ack-in-open-step.
-        for name, variant in (
-            ("pipeline_ack_apart", WorkerOptions(ack_apart=True)),
-            ("pipeline_no_bytecode", WorkerOptions(bytecode=False)),
-            ("pipeline_shared_sandbox", WorkerOptions(sandbox="shared")),
-            ("pipeline_unsandboxed", WorkerOptions(sandbox="off")),
-        ):
+        for name in IN_WHOLE_RUN:  # each on a fresh worker
             await stack.stop_worker(worker)
-            variant.task_queue, variant.floor_queue = queue, floor_queue
+            variant = dataclasses.replace(PAIRED[name], task_queue=queue, floor_queue=floor_queue)
             worker = await stack.start_worker(variant)
             await bench.batch("pipeline", 20, None, 8)
-            bursts[name] = await bench.batch("pipeline", args.burst, None, args.concurrency)
+            bursts[f"pipeline_{name}"] = await bench.batch("pipeline", args.burst, None, args.concurrency)
 
     rows = []
     for f in ramp:
