@@ -239,11 +239,11 @@ class TicketWorkflow:
 
     async def _open_in_one_step(self, raw: dict[str, Any], imported: bool) -> None:
         s, now = self.state, workflow.now()
-        ack = None  # a ticket migrated from another help desk was acknowledged there long ago
-        if not imported and self._since(PATCH_ACK_IN_OPEN_STEP):
-            ack = self._note("acknowledgement", "customer", f"ack:{s.ticket_id}", None)
+        # a ticket migrated from another help desk was acknowledged there long ago
+        ack = None if imported else self._note("acknowledgement", "customer", f"ack:{s.ticket_id}", None)
+        in_step = ack if ack is not None and self._since(PATCH_ACK_IN_OPEN_STEP) else None
         opened = await self._intake(
-            contract.OPEN_TICKET, OpenRequest(ticket_id=s.ticket_id, raw=raw, at=now, acknowledge=ack), OpenResult
+            contract.OPEN_TICKET, OpenRequest(ticket_id=s.ticket_id, raw=raw, at=now, acknowledge=in_step), OpenResult
         )
         self._admitted(opened.intake)
         self._categorised(opened.categorisation)
@@ -255,11 +255,9 @@ class TicketWorkflow:
         s.sla = s.policy.opening_clocks(now)  # the clocks the step recorded as started
         self._routed(opened.routing, 1, now)
         s.status = Status.OPEN
-        if ack is not None:
-            if opened.acknowledgement is None or opened.acknowledgement.status == "pending":
-                await self._send(ack)
-        elif not imported:
-            await self._notify("acknowledgement", "customer", key=f"ack:{s.ticket_id}")
+        # not attempted (a run from before the patch, or a worker that ignores the request) or not delivered there
+        if ack is not None and (opened.acknowledgement is None or opened.acknowledgement.status == "pending"):
+            await self._send(ack)
 
     async def _intake(self, name: str, arg: Any, result_type: type[T]) -> T:
         """The first step: a ticket that fails validation fails the workflow with the field-level message."""
