@@ -148,7 +148,7 @@ class TicketActivities:
         workflow tasks instead of three."""
         ticket = await self._validated(req.raw)
         tally = metrics.Tally()
-        ack: dict[str, Any] | Exception | None = None
+        ack: tuple[Notification, dict[str, Any] | Exception | None] | None = None  # the note and its outbox row
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 intake = await self._insert_ticket(
@@ -188,10 +188,10 @@ class TicketActivities:
                     await self._record(conn, opened, tally)
                     result = OpenResult(intake=intake, categorisation=cat, policy=policy, routing=routing, audit_seq=4)
                     if req.acknowledge is not None:
-                        ack = await self._outbox_or_fault(conn, req.acknowledge)
+                        ack = req.acknowledge, await self._outbox_or_fault(conn, req.acknowledge)
             tally.flush()
-            if req.acknowledge is not None and result.routing is not None:
-                [result.acknowledgement] = await self._first_attempts(conn, [req.acknowledge], [ack])
+            if ack is not None:
+                [result.acknowledgement] = await self._first_attempts(conn, [ack[0]], [ack[1]])
         return result
 
     @activity.defn(name=contract.INTAKE)
