@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -772,11 +773,19 @@ class TicketActivities:
     async def _outbox_or_fault(
         self, conn: AsyncConnection[dict[str, Any]], note: Notification
     ) -> dict[str, Any] | Exception | None:
-        """A step's mail in the step's transaction, or the fault that kept it from rendering."""
+        """A step's mail in the step's transaction, or the fault that kept it from rendering.
+
+        A fault of the database is not the mail's: it fails the step. Above all a lost connection, which psycopg's
+        transaction block then ends without COMMIT and without an error, so a step that went on would return an
+        entry it never wrote."""
         try:
             async with conn.transaction():  # a savepoint: a mail that does not render holds back nothing else
                 return await self._outbox(conn, note)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection lost, a deadlock, a cancelled query: Temporal retries the step
         except Exception as err:  # a template or policy fault: `notify` retries it or records it
+            if conn.broken:
+                raise
             log.warning("mail %s not rendered, left to notify: %r", note.key, err)
             return err
 
