@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import clocks, mail, metrics, quarantine
+from activities.backlog import OPEN as OPEN_STATES
 from activities.mail import SmtpSettings, Templates
 
 if TYPE_CHECKING:
@@ -508,13 +509,13 @@ class TicketActivities:
         loads: dict[str, int] = {}
         if dept.assignment != "round_robin":
             rows = await (
-                await conn.execute(
-                    "SELECT assignee, count(*) AS n FROM tickets WHERE assignee = ANY(%s)"
-                    " AND status IN ('new', 'open', 'pending') AND id <> %s GROUP BY assignee",
-                    ([a.id for a in present], req.ticket_id),
+                await conn.execute(  # kept by a trigger (0011): counting open tickets grew with the backlog
+                    "SELECT agent, open FROM agent_open_tickets WHERE agent = ANY(%s)", ([a.id for a in present],)
                 )
             ).fetchall()
-            loads = {r["assignee"]: r["n"] for r in rows}
+            loads = {r["agent"]: r["open"] for r in rows}
+            if ticket["assignee"] in loads and ticket["status"] in OPEN_STATES:
+                loads[ticket["assignee"]] -= 1  # a ticket re-routed does not weigh on the agent who has it now
         pick, why = choose(
             present,
             dept.assignment,
