@@ -268,7 +268,7 @@ class Stack:
 
     async def _start(self) -> None:
         console.log(f"starting PostgreSQL, the relay and Temporal under {self.workdir}")
-        self._pg = EmbeddedPostgres(self.workdir / "pgdata", keep=False)
+        self._pg = EmbeddedPostgres(self.workdir / "pgdata", keep=self.keep)  # --keep keeps the database as well
         self.database_url = await asyncio.to_thread(self._pg.start)
         await migrate(self.database_url)
         if self.bench_columns:
