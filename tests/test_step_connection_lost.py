@@ -18,7 +18,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from activities import TicketActivities
 from activities.mail import SmtpSettings
-from starter.smtp_sink import SmtpSink
 from tests.conftest import SURVEY_LINKS, wall_clock
 from tests.test_ack_in_open_step import OPENING, opening, run_open
 from tests.test_notices_in_step import outbox, reminder_step, run_step
@@ -33,10 +32,13 @@ def config() -> Config:
     return wall_clock(default_config())
 
 
-def server_goes_away_while_rendering(
-    acts: TicketActivities, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The first mail rendered finds its connection terminated by the server, as when PostgreSQL stops."""
+@pytest.fixture
+def acts(
+    pool: Pool, config: Config, smtp_settings: SmtpSettings, migrated: str, monkeypatch: pytest.MonkeyPatch
+) -> TicketActivities:
+    """The steps, where the first mail rendered finds its connection terminated by the server, as when PostgreSQL
+    stops."""
+    acts = TicketActivities(pool, config, smtp_settings, survey_links=SURVEY_LINKS)
     render = acts._context
     done = False
 
@@ -44,25 +46,19 @@ def server_goes_away_while_rendering(
         nonlocal done
         if not done:
             done = True
-            async with await AsyncConnection.connect(database_url, autocommit=True) as admin:
+            async with await AsyncConnection.connect(migrated, autocommit=True) as admin:
                 await admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
         return await render(conn, *args)
 
     monkeypatch.setattr(acts, "_context", lost)
+    return acts
 
 
 async def test_a_reminder_step_whose_connection_is_lost_fails_and_its_retry_writes_it_all(
-    pool: Pool,
-    migrated: str,
-    smtp: SmtpSink,
-    smtp_settings: SmtpSettings,
-    monkeypatch: pytest.MonkeyPatch,
-    config: Config,
+    pool: Pool, acts: TicketActivities
 ) -> None:
-    acts = TicketActivities(pool, config, smtp_settings, survey_links=SURVEY_LINKS)
-    step = await reminder_step(acts)
+    step = await reminder_step(acts)  # the opening in it renders no mail
     tid = step.entry.ticket_id
-    server_goes_away_while_rendering(acts, migrated, monkeypatch)
     with pytest.raises(psycopg.OperationalError):  # Temporal retries the step
         await run_step(acts, step)
     assert await events(pool, tid, "sla_reminder") == []  # nothing committed, nothing claimed
@@ -73,17 +69,10 @@ async def test_a_reminder_step_whose_connection_is_lost_fails_and_its_retry_writ
 
 
 async def test_an_opening_whose_connection_is_lost_fails_and_its_retry_opens_the_ticket(
-    pool: Pool,
-    migrated: str,
-    smtp: SmtpSink,
-    smtp_settings: SmtpSettings,
-    monkeypatch: pytest.MonkeyPatch,
-    config: Config,
+    pool: Pool, acts: TicketActivities
 ) -> None:
-    acts = TicketActivities(pool, config, smtp_settings)
     req = opening()
     tid = req.ticket_id
-    server_goes_away_while_rendering(acts, migrated, monkeypatch)
     with pytest.raises(psycopg.OperationalError):
         await run_open(acts, req)
     assert await events(pool, tid) == []  # the ticket was not opened in silence
