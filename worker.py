@@ -176,7 +176,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     http = None
     if settings.metrics_port:
         registry = metrics_registry(BacklogCollector(settings.database_url, config))
-        http = serve(settings.metrics_host, settings.metrics_port, registry, health)
+        # the multiprocess files are read by whichever process serves: no one process sees every scrape
+        first_scrape = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else metrics.FIRST_SCRAPE
+        http = serve(settings.metrics_host, settings.metrics_port, registry, health, first_scrape)
         log.info(
             "business metrics on http://%s:%s/metrics, probes on /healthz and /readyz",
             settings.metrics_host,

@@ -18,6 +18,8 @@ import psycopg
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
+from activities.metrics import FirstScrape
+
 StartResponse = Callable[..., Any]
 
 
@@ -58,7 +60,9 @@ class Health:
         return not problems, {"ready": not problems, "problems": problems}
 
 
-def wsgi_app(registry: CollectorRegistry, health: Health) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+def wsgi_app(
+    registry: CollectorRegistry, health: Health, first_scrape: FirstScrape | None = None
+) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -68,8 +72,13 @@ def wsgi_app(registry: CollectorRegistry, health: Health) -> Callable[[dict[str,
         if path == "/readyz":
             ready, body = health.readiness()
             return _json(start_response, 200 if ready else 503, body)
-        response: Iterable[bytes] = metrics(environ, start_response)
-        return response
+        if first_scrape is None or environ.get("QUERY_STRING"):  # a filtered read (name[]=...) shows some series
+            response: Iterable[bytes] = metrics(environ, start_response)
+            return response
+        number = first_scrape.scrape_begins()
+        text = list(metrics(environ, start_response))  # built whole: an error here is no scrape
+        first_scrape.scrape_ends(number)
+        return text
 
     return app
 
@@ -81,8 +90,24 @@ def _json(start_response: StartResponse, status: int, body: dict[str, Any]) -> l
     return [text]
 
 
-def serve(host: str, port: int, registry: CollectorRegistry, health: Health) -> ThreadingWSGIServer:
-    """Serve in a daemon thread, as prometheus-client's own start_http_server does."""
-    server = make_server(host, port, wsgi_app(registry, health), ThreadingWSGIServer, handler_class=_SilentHandler)
+class _Server(ThreadingWSGIServer):
+    first_scrape: FirstScrape | None = None
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self.first_scrape is not None:  # nothing will scrape this process now: held counts apply
+            self.first_scrape.stopped()
+            self.first_scrape = None
+
+
+def serve(
+    host: str, port: int, registry: CollectorRegistry, health: Health, first_scrape: FirstScrape | None = None
+) -> ThreadingWSGIServer:
+    """Serve in a daemon thread, as prometheus-client's own start_http_server does. With `first_scrape`,
+    counts on a series not yet scraped wait for the scrape that shows it at zero (metrics.FirstScrape)."""
+    server = make_server(host, port, wsgi_app(registry, health, first_scrape), _Server, handler_class=_SilentHandler)
+    if first_scrape is not None:
+        first_scrape.serving()
+        server.first_scrape = first_scrape
     threading.Thread(target=server.serve_forever, daemon=True, name="ticketflow-http").start()
     return server

@@ -7,9 +7,11 @@ Labels carry department keys, priorities, tiers and agent ids, never customer da
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from itertools import product
-from typing import Self
+from typing import Any, NamedTuple, Self
 
 from prometheus_client import Counter, Histogram
 
@@ -77,6 +79,99 @@ NOTIFICATIONS = Counter(
 )
 
 
+class Birth(NamedTuple):
+    after_scrape: int  # the number of the last scrape begun before the series was created
+    at: float  # FirstScrape's clock
+
+
+class FirstScrape:
+    """Holds back the counts of a series until a scrape has shown it at zero.
+
+    Prometheus's increase() and rate() take a series' first sample as their baseline, so a series whose
+    first scraped value already holds a count hides that count from every dashboard. Ticket counters
+    meet new label combinations all the time (a channel and category first seen, or first seen since the
+    worker started, or first seen by this one of several workers), too many to create at zero up front.
+
+    Only while this process serves /metrics are counts held: a count on a series that no scrape begun
+    after its creation has finished applies when one finishes, or once the series is `max_hold` seconds
+    old (nothing scrapes this process: memory stays bounded). With nothing serving (prometheus-client's
+    multiprocess files, tests reading the registry) counts apply at once; stopping the server applies
+    whatever is held. A second Prometheus scraping the same process may see a count without its zero."""
+
+    def __init__(self, max_hold: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_hold, self._clock = max_hold, clock
+        self._lock = threading.Lock()
+        self._serving = 0
+        self._started = 0  # scrapes begun, numbered from 1
+        self._shown = 0  # the highest number of a finished scrape
+        self._born: dict[tuple[int, tuple[tuple[str, str], ...]], Birth] = {}
+        self._held: list[tuple[Birth, Callable[[], None]]] = []
+
+    def child(self, metric: Counter | Histogram, labels: dict[str, str]) -> tuple[Any, Birth]:
+        """The labelled series, and when it was created (after which scrape began, and the clock)."""
+        key = (id(metric), tuple(sorted(labels.items())))
+        with self._lock:
+            born = self._born.setdefault(key, Birth(self._started, self._clock()))
+        return metric.labels(**labels), born
+
+    def inc(self, counter: Counter, **labels: str | int) -> None:
+        child, born = self.child(counter, {k: str(v) for k, v in labels.items()})
+        self._apply(born, child.inc)
+
+    def observe(self, histogram: Histogram, value: float, **labels: str | int) -> None:
+        child, born = self.child(histogram, {k: str(v) for k, v in labels.items()})
+        self._apply(born, lambda: child.observe(value))
+
+    def _apply(self, born: Birth, update: Callable[[], None]) -> None:
+        with self._lock:
+            hold = self._serving and self._shown <= born.after_scrape and not self._expired(born)
+            if hold:
+                self._held.append((born, update))
+            due = self._release(self._expired) if self._held else []
+        if not hold:
+            update()
+        for held in due:
+            held()
+
+    def _expired(self, born: Birth) -> bool:
+        return self._clock() - born.at >= self.max_hold
+
+    def _release(self, ready: Callable[[Birth], bool]) -> list[Callable[[], None]]:
+        due = [update for born, update in self._held if ready(born)]
+        if due:
+            self._held = [(born, update) for born, update in self._held if not ready(born)]
+        return due
+
+    def serving(self) -> None:
+        with self._lock:
+            self._serving += 1
+
+    def stopped(self) -> None:
+        with self._lock:
+            self._serving -= 1
+            due = self._release(lambda _: True) if not self._serving else []
+        for update in due:
+            update()
+
+    def scrape_begins(self) -> int:
+        with self._lock:
+            self._started += 1
+            return self._started
+
+    def scrape_ends(self, number: int) -> None:
+        """Scrape `number` has shown every series created before it began: their held counts apply."""
+        with self._lock:
+            self._shown = max(self._shown, number)
+            due = self._release(lambda born: born.after_scrape < number or self._expired(born))
+        for update in due:
+            update()
+
+
+FIRST_SCRAPE = FirstScrape()  # the worker's metrics are module-level, as prometheus-client's registry is
+inc = FIRST_SCRAPE.inc
+observe = FIRST_SCRAPE.observe
+
+
 class Tally:
     """Metric updates held back until the surrounding transaction has committed."""
 
@@ -84,13 +179,11 @@ class Tally:
         self._pending: list[Callable[[], None]] = []
 
     def inc(self, counter: Counter, **labels: str | int) -> Self:
-        child = counter.labels(**{k: str(v) for k, v in labels.items()})
-        self._pending.append(child.inc)
+        self._pending.append(lambda: inc(counter, **labels))
         return self
 
     def observe(self, histogram: Histogram, value: float, **labels: str | int) -> Self:
-        child = histogram.labels(**{k: str(v) for k, v in labels.items()})
-        self._pending.append(lambda: child.observe(value))
+        self._pending.append(lambda: observe(histogram, value, **labels))
         return self
 
     def flush(self) -> None:
@@ -100,29 +193,31 @@ class Tally:
 
 
 def initialise(config: Config, templates: list[str]) -> None:
-    """Create every bounded label combination at zero when a worker starts.
+    """Create every bounded label combination at zero when a worker starts, so that its first count
+    needs no wait (FirstScrape). Ticket counters keep their channel and category labels unset until used
+    (too many combinations to create up front)."""
 
-    Prometheus's increase() takes a series' first sample as its baseline, so a series born with its
-    first event already counted would hide that event from every dashboard. Ticket counters keep
-    their channel and category labels unset until used (too many combinations to create up front)."""
+    def zero(family: Counter | Histogram, /, **labels: str) -> None:
+        FIRST_SCRAPE.child(family, labels)
+
     tiers = [t.level for t in config.tiers]
     moves = [(a, b) for a in tiers for b in tiers if abs(a - b) == 1]
     for dept_key, dept in config.departments.items():
-        CSAT_SURVEYS.labels(department=dept_key)
-        CSAT_CHANGED.labels(department=dept_key)
+        zero(CSAT_SURVEYS, department=dept_key)
+        zero(CSAT_CHANGED, department=dept_key)
         for tier in tiers:
-            CSAT_SCORE.labels(department=dept_key, agent="", tier=str(tier))
+            zero(CSAT_SCORE, department=dept_key, agent="", tier=str(tier))
         for agent in dept.agents:
             for tier in agent.tiers:
-                CSAT_SCORE.labels(department=dept_key, agent=agent.id, tier=str(tier))
+                zero(CSAT_SCORE, department=dept_key, agent=agent.id, tier=str(tier))
         for (a, b), cause in product(moves, ("timer", "breach", "manual")):
-            ESCALATIONS.labels(department=dept_key, from_tier=str(a), to_tier=str(b), cause=cause)
+            zero(ESCALATIONS, department=dept_key, from_tier=str(a), to_tier=str(b), cause=cause)
         for priority in Priority:
             p = str(priority)
-            for time in ("business", "calendar"):
-                FIRST_RESPONSE.labels(department=dept_key, priority=p, time=time)
-                RESOLUTION.labels(department=dept_key, priority=p, time=time)
+            for clock in ("business", "calendar"):
+                zero(FIRST_RESPONSE, department=dept_key, priority=p, time=clock)
+                zero(RESOLUTION, department=dept_key, priority=p, time=clock)
             for metric, event in product(("first_response", "next_reply", "resolution"), SLA_OUTCOMES):
-                SLA_EVENTS.labels(metric=metric, event=event, department=dept_key, priority=p)
+                zero(SLA_EVENTS, metric=metric, event=event, department=dept_key, priority=p)
     for template, outcome in product(templates, ("sent", "refused", "transient")):
-        NOTIFICATIONS.labels(template=template, outcome=outcome)
+        zero(NOTIFICATIONS, template=template, outcome=outcome)

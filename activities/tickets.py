@@ -216,7 +216,7 @@ class TicketActivities:
                     conn, "workflow", f"{info.workflow_id}/{info.workflow_run_id}", raw, message
                 )
             for f in fields:
-                metrics.INTAKE_REJECTED.labels(reason=f).inc()
+                metrics.inc(metrics.INTAKE_REJECTED, reason=f)
             raise ApplicationError(
                 f"{message} (kept in quarantine as #{entry}: ticketflow quarantine show {entry})",
                 errors,
@@ -696,11 +696,9 @@ class TicketActivities:
                     )
                 ).fetchone()
             if first is not None and first["inserted"]:
-                metrics.CSAT_SCORE.labels(department=r.department, agent=r.agent or "", tier=str(r.tier)).observe(
-                    r.score
-                )
+                metrics.observe(metrics.CSAT_SCORE, r.score, department=r.department, agent=r.agent or "", tier=r.tier)
             else:
-                metrics.CSAT_CHANGED.labels(department=r.department).inc()
+                metrics.inc(metrics.CSAT_CHANGED, department=r.department)
 
     async def _audit(
         self, conn: AsyncConnection[dict[str, Any]], entry: AuditEntry, extra: dict[str, Any] | None = None
@@ -874,14 +872,14 @@ class TicketActivities:
                     await smtp.sendmail(row["sender"], [row["recipient"]], msg.as_bytes())
                 except Exception as err:
                     if not mail.is_permanent(err):
-                        metrics.NOTIFICATIONS.labels(template=note.template, outcome="transient").inc()
+                        metrics.inc(metrics.NOTIFICATIONS, template=note.template, outcome="transient")
                         raise
                     await conn.execute(
                         "UPDATE outbox SET status = 'failed', attempt_open = false, last_error = %s,"
                         " smtp_code = %s, failed_at = now() WHERE key = %s",
                         (str(err), mail.smtp_code(err), note.key),
                     )
-                    metrics.NOTIFICATIONS.labels(template=note.template, outcome="refused").inc()
+                    metrics.inc(metrics.NOTIFICATIONS, template=note.template, outcome="refused")
                     return NotificationResult(key=note.key, status="failed", recipient=row["recipient"])
                 await conn.execute(
                     "UPDATE outbox SET status = 'sent', attempt_open = false, sent_at = now() WHERE key = %s",
@@ -889,7 +887,7 @@ class TicketActivities:
                 )
             # counted as the commit returns, with no await in between: not after QUIT, a round trip in which a
             # killed worker would lose the count of a mail its outbox row says was sent
-            metrics.NOTIFICATIONS.labels(template=note.template, outcome="sent").inc()
+            metrics.inc(metrics.NOTIFICATIONS, template=note.template, outcome="sent")
         except Exception as err:
             if not mail.is_permanent(err):
                 await self._attempt_failed(conn, note.key, err)
