@@ -7,6 +7,7 @@ Labels carry department keys, priorities, tiers and agent ids, never customer da
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -106,6 +107,7 @@ class FirstScrape:
         self._shown = 0  # the highest number of a finished scrape
         self._born: dict[tuple[int, tuple[tuple[str, str], ...]], Birth] = {}
         self._held: list[tuple[Birth, Callable[[], None]]] = []
+        self._next_expiry = math.inf  # when the oldest series with a held count turns max_hold old
 
     def child(self, metric: Counter | Histogram, labels: dict[str, str]) -> tuple[Any, Birth]:
         """The labelled series, and when it was created (after which scrape began, and the clock)."""
@@ -127,7 +129,8 @@ class FirstScrape:
             hold = self._serving and self._shown <= born.after_scrape and not self._expired(born)
             if hold:
                 self._held.append((born, update))
-            due = self._release(self._expired) if self._held else []
+                self._next_expiry = min(self._next_expiry, born.at + self.max_hold)
+            due = self._release(self._expired) if self._clock() >= self._next_expiry else []
         if not hold:
             update()
         for held in due:
@@ -140,6 +143,7 @@ class FirstScrape:
         due = [update for born, update in self._held if ready(born)]
         if due:
             self._held = [(born, update) for born, update in self._held if not ready(born)]
+        self._next_expiry = min((born.at + self.max_hold for born, _ in self._held), default=math.inf)
         return due
 
     def serving(self) -> None:
@@ -172,6 +176,11 @@ inc = FIRST_SCRAPE.inc
 observe = FIRST_SCRAPE.observe
 
 
+def zero(family: Counter | Histogram, /, **labels: str) -> None:
+    """Create a series at zero, so that its first count needs no wait."""
+    FIRST_SCRAPE.child(family, labels)
+
+
 class Tally:
     """Metric updates held back until the surrounding transaction has committed."""
 
@@ -196,9 +205,6 @@ def initialise(config: Config, templates: list[str]) -> None:
     """Create every bounded label combination at zero when a worker starts, so that its first count
     needs no wait (FirstScrape). Ticket counters keep their channel and category labels unset until used
     (too many combinations to create up front)."""
-
-    def zero(family: Counter | Histogram, /, **labels: str) -> None:
-        FIRST_SCRAPE.child(family, labels)
 
     tiers = [t.level for t in config.tiers]
     moves = [(a, b) for a in tiers for b in tiers if abs(a - b) == 1]

@@ -627,6 +627,25 @@ CSAT = Dashboard(
             ],
         ),
         Row(
+            "Survey pages",
+            [
+                Panel(
+                    "Survey page requests by outcome",
+                    "timeseries",
+                    [
+                        prom(
+                            "sum by (outcome) (increase(ticketflow_survey_requests_total[$__rate_interval]))",
+                            "{{outcome}}",
+                        )
+                    ],
+                    "form_shown without recorded is a customer (or a mail scanner) who opened the link and did not "
+                    "answer; expired and invalid_link are links past their window or damaged; unavailable means "
+                    "Temporal could not be reached.",
+                    width=24,
+                ),
+            ],
+        ),
+        Row(
             "Exact ratings (PostgreSQL)",
             [
                 Panel(

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.service import RPCError
 
-from activities.metrics import INTAKE_REQUESTS
+from activities import metrics
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
 from starter.serving import AsgiServer
 from ticketflow.models import MAX_BODY, Channel
@@ -38,8 +38,11 @@ class BadRequest(Exception):
 REFUSED = {400: "bad_json", 404: "not_found", 409: "conflict", 413: "too_large", 415: "wrong_type", 422: "invalid"}
 
 
+OUTCOMES = ("opened", "duplicate", "reply", "unavailable", *REFUSED.values())
+
+
 def _count(outcome: str) -> None:
-    INTAKE_REQUESTS.labels(entry="http", outcome=outcome).inc()
+    metrics.inc(metrics.INTAKE_REQUESTS, entry="http", outcome=outcome)
 
 
 def _error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -79,6 +82,9 @@ async def _json(request: Request) -> dict[str, Any]:
 
 
 def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FORM) -> Starlette:
+    for outcome in OUTCOMES:
+        metrics.zero(metrics.INTAKE_REQUESTS, entry="http", outcome=outcome)
+
     async def open_ticket(request: Request) -> JSONResponse:
         data = await _json(request)
         data.setdefault("channel", default_channel.value)
@@ -111,7 +117,7 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    async def metrics(request: Request) -> Response:
+    async def served_metrics(request: Request) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     def refuse(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -138,7 +144,7 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
         Route("/tickets/{ticket_id}", status, methods=["GET"]),
         Route("/tickets/{ticket_id}/replies", customer_reply, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", served_metrics, methods=["GET"]),
     ]
     handled = (
         BadRequest,

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from activities.metrics import INTAKE_REQUESTS
+from activities import metrics
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
 from ticketflow.ids import parse_ticket_id
 
@@ -40,8 +40,14 @@ def quiet_smtp_protocol_log() -> None:
         SMTP_PROTOCOL_LOG.setLevel(logging.WARNING)
 
 
+OUTCOMES = (
+    *("opened", "duplicate", "reply", "duplicate_reply", "follow_up", "bounce", "late_bounce", "foreign_bounce"),
+    *("no_sender", "invalid", "unavailable"),
+)
+
+
 def _count(outcome: str) -> None:
-    INTAKE_REQUESTS.labels(entry="mail", outcome=outcome).inc()
+    metrics.inc(metrics.INTAKE_REQUESTS, entry="mail", outcome=outcome)
 
 
 # Our Message-IDs: <ack.TICKET@ticketflow>, <agent_reply.TICKET.7.customer@ticketflow>, ...
@@ -186,6 +192,8 @@ def read(msg: EmailMessage) -> Reading:
 class MailIntake:
     def __init__(self, tickets: TicketClient) -> None:
         self.tickets = tickets
+        for outcome in OUTCOMES:
+            metrics.zero(metrics.INTAKE_REQUESTS, entry="mail", outcome=outcome)
 
     async def ingest(self, msg: EmailMessage) -> Ingested:
         return await self._store(read(msg))

@@ -13,13 +13,14 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from jinja2 import Environment
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from temporalio.service import RPCError
 
-from activities.metrics import SURVEY_REQUESTS
+from activities import metrics
 from starter.client import (
     DuplicateAnswer,
     InvalidTransition,
@@ -73,8 +74,11 @@ _PAGE = """<!doctype html>
 """
 
 
+OUTCOMES = ("form_shown", "recorded", "duplicate", "closed", "expired", "invalid_link", "invalid_form", "unavailable")
+
+
 def _count(outcome: str) -> None:
-    SURVEY_REQUESTS.labels(outcome=outcome).inc()
+    metrics.inc(metrics.SURVEY_REQUESTS, outcome=outcome)
 
 
 async def _form(request: Request) -> bytes | None:
@@ -91,6 +95,8 @@ async def _form(request: Request) -> bytes | None:
 
 
 def create_app(tickets: TicketClient, secret: bytes, csat: Csat) -> Starlette:
+    for outcome in OUTCOMES:
+        metrics.zero(metrics.SURVEY_REQUESTS, outcome=outcome)
     env = Environment(autoescape=True)
     page = env.from_string(_PAGE)
 
@@ -198,11 +204,15 @@ def create_app(tickets: TicketClient, secret: bytes, csat: Csat) -> Starlette:
     async def healthz(request: Request) -> Response:
         return Response('{"ok": true}', media_type="application/json")
 
+    async def served_metrics(request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
             Route("/survey/{token}", show, methods=["GET"]),
             Route("/survey/{token}", answer, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", served_metrics, methods=["GET"]),
         ]
     )
 

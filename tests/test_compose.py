@@ -450,6 +450,24 @@ def test_prometheus_scrapes_both_metrics_ports_of_every_worker_replica() -> None
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
 
 
+def test_every_static_prometheus_target_is_a_port_its_service_serves_metrics_on() -> None:
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text("utf-8"))
+    metrics_port = {  # the setting that puts /metrics on a port, per ticketflow command
+        "http-intake": "TICKETFLOW_INTAKE_HTTP_PORT",
+        "mail-intake": "TICKETFLOW_INTAKE_METRICS_PORT",
+        "survey-pages": "TICKETFLOW_SURVEY_HTTP_PORT",
+    }
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        if job["job_name"].startswith("ticketflow-")
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    expected = {f"{name}:{environment(SERVICES[name])[setting]}" for name, setting in metrics_port.items()}
+    assert targets == expected
+
+
 def test_promtool_accepts_the_prometheus_config() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -35,11 +35,12 @@ from activities.health import Health, serve
 from activities.mail import SmtpSettings
 from dashboards.builder import POSTGRES, PROMETHEUS, queries_of
 from dashboards.generate import HERE, render
+from starter import survey_pages
 from starter.client import TicketClient
 from starter.demo import run_demo
 from starter.devstack import TemporalDevServer, free_port
 from starter.http_intake import create_app
-from tests.conftest import SURVEY_LINKS, StartRecorder, terminate_leftovers
+from tests.conftest import SURVEY_LINKS, SURVEY_SECRET, StartRecorder, terminate_leftovers
 from tests.prom import LABEL_VALUES, PrometheusServer, expand_promql, expand_sql, has_data, sdk_metric
 from ticketflow import contract
 from ticketflow.config import Config, SlaTarget
@@ -203,11 +204,16 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
                 assert (await web.post("/tickets", json=good)).status_code == 201
             # Prometheus scrapes each second in real time: two waves a few seconds apart let every counter
             # move across several scrapes (a sleep for a real component, not for a timer)
-            for wave in range(2):
-                demo = run_demo(tickets, 20, Console(file=io.StringIO()), seed=int(uuid.uuid4().int % 10_000))
-                result = await asyncio.wait_for(demo, 120)
-                assert result.opened == 20, f"wave {wave}: {result}"
-                await asyncio.sleep(2)
+            # The survey pages in this process too: the demo rates through the client, so a link that is not
+            # valid (a scanner guessing, a mangled mail) is what the survey outcome panel shows.
+            survey_app = survey_pages.create_app(tickets, SURVEY_SECRET, cfg.csat)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=survey_app), base_url="http://s") as pages:
+                for wave in range(2):
+                    demo = run_demo(tickets, 20, Console(file=io.StringIO()), seed=int(uuid.uuid4().int % 10_000))
+                    result = await asyncio.wait_for(demo, 120)
+                    assert result.opened == 20, f"wave {wave}: {result}"
+                    assert (await pages.get("/survey/not-a-token")).status_code == 400
+                    await asyncio.sleep(2)
             ids = list(recorder.ids)
 
             async def happened() -> dict[str, int]:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from temporalio.client import Client
@@ -19,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.client import TicketClient
 from starter.smtp_sink import SmtpSink
-from starter.survey_pages import create_app
+from starter.survey_pages import OUTCOMES, create_app
 from tests.conftest import SURVEY_SECRET, WorkerFactory, resolved_with_survey, start_time_skipping, wall_clock
 from tests.factories import ticket
 from ticketflow import survey
@@ -147,6 +148,7 @@ async def test_tampered_and_expired_links_record_nothing(
         "not-a-token",
     ]
     async with web(tickets, config) as client:
+        before = await outcomes(client)
         nonce = nonce_of((await client.get(path)).text)
         for bad in tampered:
             page = await client.get(f"/survey/{bad}")
@@ -158,7 +160,25 @@ async def test_tampered_and_expired_links_record_nothing(
         assert page.status_code == 410 and "closed" in page.text
         post = await client.post(f"/survey/{expired}", data={"nonce": survey.new_nonce(expired, SURVEY_SECRET)})
         assert post.status_code == 410
+        after = await outcomes(client)
+    # the pages' own /metrics (Prometheus scrapes survey-pages): every outcome exists, at zero until it happens
+    assert set(after) == set(OUTCOMES)
+    assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {
+        "form_shown": 1,
+        "invalid_link": 2 * len(tampered),
+        "expired": 2,
+    }
     assert await answers(pool, tid) == []
+
+
+async def outcomes(client: httpx.AsyncClient) -> dict[str, float]:
+    text = (await client.get("/metrics")).text
+    return {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "ticketflow_survey_requests_total"
+    }
 
 
 async def test_links_of_an_earlier_resolution_or_a_closed_ticket_record_nothing(
