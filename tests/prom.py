@@ -94,6 +94,10 @@ class PrometheusServer:
         result = r.json()["data"]["result"]
         return float(result[0]["value"][1]) if result else None
 
+    async def last_scrape(self, job: str) -> float | None:
+        """When Prometheus last scraped the job (Unix seconds), None before its first scrape."""
+        return await self.value(f'max(timestamp(up{{job="{job}"}}))')
+
     async def scraped(self) -> set[str]:
         """Jobs with at least one successful scrape stored."""
         async with httpx.AsyncClient(timeout=20) as http:

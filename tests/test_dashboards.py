@@ -42,6 +42,7 @@ from starter.devstack import TemporalDevServer, free_port
 from starter.http_intake import create_app
 from tests.conftest import SURVEY_LINKS, SURVEY_SECRET, StartRecorder, terminate_leftovers
 from tests.prom import LABEL_VALUES, PrometheusServer, expand_promql, expand_sql, has_data, sdk_metric
+from tests.test_e2e import poll
 from ticketflow import contract
 from ticketflow.config import Config, SlaTarget
 from ticketflow.ids import ticket_id_for, workflow_id
@@ -202,8 +203,17 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
                     "customer": {"name": "Dana", "email": "dana@example.com"},
                 }
                 assert (await web.post("/tickets", json=good)).status_code == 201
-            # Prometheus scrapes each second in real time: two waves a few seconds apart let every counter
-            # move across several scrapes (a sleep for a real component, not for a timer)
+
+            async def scrapes(n: int) -> None:
+                """Wait for Prometheus (scraping each second in real time) to scrape the worker n more times."""
+                before = await prometheus.last_scrape("ticketflow")
+                assert before is not None, "Prometheus never scraped the worker"
+                after = await poll(
+                    lambda: prometheus.last_scrape("ticketflow"), lambda t: (t or 0) >= before + n, within=30
+                )
+                assert (after or 0) >= before + n, f"Prometheus scraped the worker at {before}, then not {n} more times"
+
+            # Two waves a few scrapes apart let every counter move across several scrapes.
             # The survey pages in this process too: the demo rates through the client, so a link that is not
             # valid (a scanner guessing, a mangled mail) is what the survey outcome panel shows.
             survey_app = survey_pages.create_app(tickets, SURVEY_SECRET, cfg.csat)
@@ -213,7 +223,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
                     result = await asyncio.wait_for(demo, 120)
                     assert result.opened == 20, f"wave {wave}: {result}"
                     assert (await pages.get("/survey/not-a-token")).status_code == 400
-                    await asyncio.sleep(2)
+                    await scrapes(2)
             ids = list(recorder.ids)
 
             async def happened() -> dict[str, int]:
@@ -248,7 +258,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus_and_pos
             ):
                 assert asyncio.get_running_loop().time() < deadline, "the small cache never evicted and replayed"
                 await asyncio.sleep(1)
-            await asyncio.sleep(4)  # a few more scrapes after the last event
+            await scrapes(4)  # a few more after the last event
             assert await prometheus.targets_up() == {"ticketflow": "up", "temporal-sdk": "up"}
 
             end = datetime.now(UTC)
