@@ -12,16 +12,15 @@ import json
 import logging
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from temporalio.service import RPCError
 
 from activities import metrics
 from starter.client import DuplicateMessage, InvalidTransition, TicketClient, TicketNotFound, TicketValidationError
-from starter.serving import AsgiServer
+from starter.serving import METRICS_ROUTE, AsgiServer
 from ticketflow.models import MAX_BODY, Channel
 
 log = logging.getLogger("ticketflow.http_intake")
@@ -117,9 +116,6 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    async def served_metrics(request: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
     def refuse(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
         _count(REFUSED[status])
         return _error(status, message, errors)
@@ -144,7 +140,7 @@ def create_app(tickets: TicketClient, default_channel: Channel = Channel.WEB_FOR
         Route("/tickets/{ticket_id}", status, methods=["GET"]),
         Route("/tickets/{ticket_id}/replies", customer_reply, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", served_metrics, methods=["GET"]),
+        METRICS_ROUTE,
     ]
     handled = (
         BadRequest,

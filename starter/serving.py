@@ -9,9 +9,20 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Protocol, Self
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from starter.client import TicketClient
 from ticketflow.config import Settings
+
+
+async def _metrics(request: Request) -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+METRICS_ROUTE = Route("/metrics", _metrics, methods=["GET"])  # this process's counters, for Prometheus
 
 
 class Stoppable(Protocol):

@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from jinja2 import Environment
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -29,7 +28,7 @@ from starter.client import (
     TicketNotFound,
     TicketValidationError,
 )
-from starter.serving import AsgiServer
+from starter.serving import METRICS_ROUTE, AsgiServer
 from ticketflow import survey
 from ticketflow.config import Csat
 
@@ -204,15 +203,12 @@ def create_app(tickets: TicketClient, secret: bytes, csat: Csat) -> Starlette:
     async def healthz(request: Request) -> Response:
         return Response('{"ok": true}', media_type="application/json")
 
-    async def served_metrics(request: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
     return Starlette(
         routes=[
             Route("/survey/{token}", show, methods=["GET"]),
             Route("/survey/{token}", answer, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", served_metrics, methods=["GET"]),
+            METRICS_ROUTE,
         ]
     )
 
