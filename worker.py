@@ -26,6 +26,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import TicketActivities, clocks, metrics
 from activities.backlog import BacklogCollector
 from activities.db import migrate, open_pool
+from activities.gc_pauses import GC_PAUSES
 from activities.health import Health, serve
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
@@ -103,14 +104,17 @@ def build_worker(
 
 
 def metrics_registry(backlog: BacklogCollector) -> CollectorRegistry:
-    """The business counters plus the backlog gauges. With PROMETHEUS_MULTIPROC_DIR set (several worker
-    processes behind one port, or counters that must outlive a killed process) the counters are read
-    from prometheus-client's per-process files instead of this process's memory."""
+    """The business counters plus the backlog gauges and this process's collector pauses. With
+    PROMETHEUS_MULTIPROC_DIR set (several worker processes behind one port, or counters that must outlive a
+    killed process) the counters are read from prometheus-client's per-process files instead of this process's
+    memory, and the process metrics (`process_*`, `python_gc_*`, the pauses) are left out: no single
+    process's figures stand for the others'."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry = REGISTRY
+        GC_PAUSES.export(registry)
     registry.register(backlog)
     return registry
 

@@ -162,6 +162,35 @@ def metric(sample: dict[str, float], name: str) -> float:
     return sum(v for k, v in sample.items() if k == name or k.startswith(name + "{"))
 
 
+GC_PAUSE = "ticketflow_worker_gc_pause_seconds"  # activities/gc_pauses.py, served by each bench worker
+
+
+def gc_sample(port: int) -> dict[str, float]:
+    """A worker's collector pauses so far: full collections and their seconds, and seconds paused in all."""
+    sample = scrape(port)
+    full = '{generation="2"}'
+    return {
+        "full_n": sample.get(f"{GC_PAUSE}_count{full}", 0.0),
+        "full_s": sample.get(f"{GC_PAUSE}_sum{full}", 0.0),
+        "paused_s": metric(sample, f"{GC_PAUSE}_sum"),
+    }
+
+
+def gc_between(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], wall: float) -> dict[str, Any]:
+    """Each worker's pauses between two samples: the share of wall time it stood still, and its full
+    collections (how many, how long on average)."""
+    out: dict[str, Any] = {}
+    for name, after in b.items():
+        before = a.get(name, {})
+        n = after["full_n"] - before.get("full_n", 0.0)
+        out[name] = {
+            "paused_share": (after["paused_s"] - before.get("paused_s", 0.0)) / wall if wall > 0 else None,
+            "full_collections": int(n),
+            "full_mean_s": (after["full_s"] - before.get("full_s", 0.0)) / n if n else None,
+        }
+    return out
+
+
 class Child:
     """A benchmark helper process (`python -m bench.<module>`) that prints `ready` once it serves.
 
@@ -255,6 +284,7 @@ class Stack:
     temporal: TemporalDevServer | None = None
     workers: list[Child] = field(default_factory=list)
     worker_metrics: dict[int, int] = field(default_factory=dict)  # pid -> SDK metrics port
+    worker_gc: dict[int, int] = field(default_factory=dict)  # pid -> the port serving its collector pauses
     _pg: EmbeddedPostgres | None = None
     _sink: Child | None = None
 
@@ -318,6 +348,8 @@ class Stack:
         ]
         port = free_port() if options.metrics else 0
         args += ["--sdk-metrics-port", str(port)]
+        gc_port = free_port()
+        args += ["--gc-metrics-port", str(gc_port)]
         args += ["--sandbox", options.sandbox]
         if options.ack_apart:
             args.append("--ack-apart")
@@ -342,6 +374,7 @@ class Stack:
         await asyncio.to_thread(child.wait_ready)
         self.workers.append(child)
         self.worker_metrics[child.pid] = port
+        self.worker_gc[child.pid] = gc_port
         return child
 
     async def stop_worker(self, child: Child) -> None:
@@ -369,8 +402,22 @@ def stack_cpu(stack: Stack) -> dict[str, float]:
     return {name: cpu_seconds(pid, None if name == "driver" else tree) for name, pid in stack.pids().items()}
 
 
+def gc_cells(gc: dict[str, Any], worker: str = "worker") -> list[str]:
+    """A worker's pauses as table cells: the share of time paused, and full collections as `n × mean ms`."""
+    g = gc.get(worker) or {}
+    share, n, mean = g.get("paused_share"), g.get("full_collections"), g.get("full_mean_s")
+    return [fmt(share * 100 if share is not None else None, 1), f"{n} × {ms(mean)}" if n else fmt(n)]
+
+
+def stack_gc(stack: Stack) -> dict[str, dict[str, float]]:
+    """Each worker's collector pauses so far, by the names of `Stack.pids`."""
+    return {
+        name: gc_sample(stack.worker_gc.get(pid, 0)) for name, pid in stack.pids().items() if name.startswith("worker")
+    }
+
+
 class CpuMeter:
-    """CPU seconds each process of the stack spent between start() and stop()."""
+    """CPU seconds each process of the stack spent between start() and stop(), and the workers' pauses."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
@@ -378,8 +425,11 @@ class CpuMeter:
         self.used: dict[str, float] = {}
         self.wall = 0.0
         self._t0 = 0.0
+        self._gc_before: dict[str, dict[str, float]] = {}
+        self.gc: dict[str, Any] = {}
 
     def start(self) -> CpuMeter:
+        self._gc_before = stack_gc(self.stack)
         self.before, self._t0 = stack_cpu(self.stack), time.monotonic()
         return self
 
@@ -387,6 +437,7 @@ class CpuMeter:
         after = stack_cpu(self.stack)
         self.wall = time.monotonic() - self._t0
         self.used = {k: after[k] - self.before.get(k, 0.0) for k in after}
+        self.gc = gc_between(self._gc_before, stack_gc(self.stack), self.wall)
         return self.used
 
     def per_item(self, n: int) -> dict[str, float]:
@@ -397,9 +448,10 @@ class CpuMeter:
 
 
 class Timeline:
-    """Samples, every `every` seconds in the background, each process's CPU seconds and RSS and PostgreSQL's
-    running autovacuum workers, so that a figure of one stretch of a long run (a latency hump) can be set against
-    what each process was doing then. One /proc walk and one tiny query per sample: nothing the run would feel."""
+    """Samples, every `every` seconds in the background, each process's CPU seconds and RSS, the workers'
+    collector pauses and PostgreSQL's running autovacuum workers, so that a figure of one stretch of a long run
+    (a latency hump) can be set against what each process was doing then. One /proc walk, one scrape per worker
+    and one tiny query per sample: nothing the run would feel."""
 
     def __init__(self, stack: Stack, every: float = 10.0) -> None:
         self.stack, self.every = stack, every
@@ -420,6 +472,7 @@ class Timeline:
                 "rss_mib": {k: rss_bytes(pid) / 2**20 for k, pid in self.stack.pids().items() if k != "postgres"},
                 "autovacuum_running": int(row[0]) if row else 0,
                 "autovacuum_runs": int(row[1]) if row else 0,
+                "gc": await asyncio.to_thread(stack_gc, self.stack),
             }
         )
 
@@ -456,6 +509,7 @@ class Timeline:
             "autovacuum_runs": b["autovacuum_runs"] - a["autovacuum_runs"],
             "autovacuum_busy_share": sum(s["autovacuum_running"] > 0 for s in inside) / len(inside),
             "max_rss_mib": {k: max(s["rss_mib"].get(k, 0.0) for s in inside) for k in b["rss_mib"]},
+            "gc": gc_between(a.get("gc", {}), b.get("gc", {}), wall),
         }
 
 

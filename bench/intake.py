@@ -31,6 +31,7 @@ from bench.common import (
     busy_warning,
     console,
     fmt,
+    gc_cells,
     ms,
     table,
     write_results,
@@ -71,6 +72,8 @@ PAIRED: dict[str, WorkerOptions] = {
     "unsandboxed": WorkerOptions(sandbox="off"),
 }
 IN_WHOLE_RUN = ("ack_apart", "no_bytecode", "shared_sandbox", "unsandboxed")  # few_slots: --paired only
+CAPACITY_COLUMNS = ["kind", "n", "per s", "/ floor", "p50 ms", "p95 ms", "p99 ms", "cpu ms", "worker", "temporal"]
+CAPACITY_COLUMNS += ["pg", "driver", "gc %", "full gc ms"]
 SATURATED = 0.85  # a step whose completions keep up with less than this share of the offered rate
 
 
@@ -137,6 +140,7 @@ class Intake:
         figures["kind"], figures["rate"] = kind, rate
         figures["cpu_ms_per_item"] = meter.per_item(figures["completed"])
         figures["cpu_busy_share"] = {k: round(v / meter.wall, 3) for k, v in meter.used.items()} if meter.wall else {}
+        figures["gc"] = meter.gc
         return figures
 
 
@@ -239,14 +243,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 fmt(f["cpu_ms_per_item"].get("temporal"), 1),
                 fmt(f["cpu_ms_per_item"].get("postgres"), 1),
                 fmt(f["cpu_ms_per_item"].get("driver"), 1),
+                *gc_cells(f.get("gc", {})),
             ]
         )
     table(
         f"intake capacity: bursts of {args.burst}, {args.concurrency} callers",
-        ["kind", "n", "per s", "/ floor", "p50 ms", "p95 ms", "p99 ms", "cpu ms", "worker", "temporal", "pg", "driver"],
+        CAPACITY_COLUMNS,
         capacity_rows,
         caption="per s: the whole burst, first submit to last completion; cpu ms: CPU milliseconds per ticket (or "
-        "floor workflow), by process (2 cores give 2,000 per second)",
+        "floor workflow), by process (2 cores give 2,000 per second); gc %: the share of the burst the worker stood "
+        "still for Python's cycle collector; full gc: its full collections, how many × how long each on average",
     )
     best = {
         kind: max([(f["completed_per_s"] or 0.0) for f in ramp if f["kind"] == kind], default=0.0)
@@ -309,6 +315,7 @@ async def paired(args: argparse.Namespace) -> dict[str, Any]:
         "worker": lambda f: f["cpu_ms_per_item"].get("worker"),
         "temporal": lambda f: f["cpu_ms_per_item"].get("temporal"),
         "pg": lambda f: f["cpu_ms_per_item"].get("postgres"),
+        "gc %": lambda f: share * 100 if (share := f.get("gc", {}).get("worker", {}).get("paused_share")) else None,
     }
     medians = {name: {k: median(name, get) for k, get in figures.items()} for name in sides}
     base, other = medians["default"], medians[args.paired]
@@ -320,7 +327,8 @@ async def paired(args: argparse.Namespace) -> dict[str, Any]:
         ["worker", *figures],
         rows,
         caption="each cell: one figure per round; per s: first submit to last acknowledgement; cpu ms: CPU "
-        "milliseconds per ticket (all processes, then by process); ratio: variant / default",
+        "milliseconds per ticket (all processes, then by process); gc %: the share of the burst the worker stood "
+        "still for Python's cycle collector; ratio: variant / default",
     )
     return {
         "params": {k: v for k, v in vars(args).items() if k != "keep"},

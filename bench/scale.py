@@ -43,6 +43,7 @@ from bench.common import (
     busy_warning,
     console,
     fmt,
+    gc_cells,
     metric,
     ms,
     rss_bytes,
@@ -336,7 +337,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for b in by_open
         ],
         caption="worker … driver: CPU cores each process used while the block was submitted (2 on this machine); "
-        "autovac: PostgreSQL autovacuum and autoanalyze runs begun meanwhile; temporal MiB: the dev server's peak RSS",
+        "autovac: PostgreSQL autovacuum and autoanalyze runs begun meanwhile; temporal MiB: the dev server's peak RSS; "
+        "gc %: the share of the time the worker stood still for Python's cycle collector; full gc: its full "
+        "collections, how many × how long each on average",
     )
     tl, wl = lateness["task_lateness_s"], lateness["written_lateness_s"]
     table(
@@ -355,7 +358,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         + f"{lateness['fired']:,} fired in {fmt(wave_s)} s ({fmt(lateness['fired_per_s'])}/s); "
         f"{lateness['superseded_by_breach']} superseded by their breach; with the resolution reminders due meanwhile "
         f"{fmt(lateness['all_written_in_wave'])} written ({fmt(lateness['all_written_per_s'])}/s); cores in the wave: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in wave_processes.get("cores", {}).items()),
+        + ", ".join(f"{k} {v:.2f}" for k, v in wave_processes.get("cores", {}).items())
+        + "; worker paused for the collector {}% of the wave, full collections {}".format(
+            *gc_cells(wave_processes.get("gc", {}))
+        ),
     )
     return {
         "size": args.size,
@@ -376,7 +382,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-CORE_COLUMNS = ["worker", "temporal", "pg", "driver", "autovac", "temporal MiB"]
+CORE_COLUMNS = ["worker", "temporal", "pg", "driver", "autovac", "temporal MiB", "gc %", "full gc ms"]
 
 
 def core_cells(p: dict[str, Any]) -> list[str]:
@@ -385,6 +391,7 @@ def core_cells(p: dict[str, Any]) -> list[str]:
         *(fmt(cores.get(k), 2) for k in ("worker", "temporal", "postgres", "driver")),
         fmt(p.get("autovacuum_runs"), 0),
         fmt(p.get("max_rss_mib", {}).get("temporal"), 0),
+        *gc_cells(p.get("gc", {})),
     ]
 
 

@@ -1,7 +1,8 @@
 """One benchmark worker process: the product's worker (`worker.build_worker`: the ticket workflow and its
 activities, sandboxed as in production) and/or a worker for the floor workflow, on the task queues given.
 Prints `ready` once polling; drains and exits on SIGTERM. The driver reads its CPU time and memory from /proc
-and its Temporal SDK metrics (sticky cache size and evictions) from --sdk-metrics-port."""
+its Temporal SDK metrics (sticky cache size and evictions) from --sdk-metrics-port, and its pauses for the cycle
+collector (the product's own `ticketflow_worker_gc_pause_seconds`) from --gc-metrics-port."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, get_args
 
+from prometheus_client import REGISTRY, start_http_server
 from temporalio import activity
 from temporalio.worker import Worker
 
 import worker
 from activities.db import open_pool
+from activities.gc_pauses import GC_PAUSES
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks, TicketActivities
 from bench.floor import BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
@@ -54,6 +57,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=10, help="database pool size (TICKETFLOW_DB_POOL_MAX default)")
     p.add_argument("--sdk-metrics-port", type=int, default=0)
     p.add_argument(
+        "--gc-metrics-port", type=int, default=0, help="serve the worker's collector pauses (and counters) here"
+    )
+    p.add_argument(
         "--ack-apart",
         action="store_true",
         help="the opening step ignores the acknowledgement it is asked for, so `notify` sends it in a workflow task"
@@ -82,6 +88,9 @@ async def run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.gc_metrics_port:
+        GC_PAUSES.export(REGISTRY)  # as worker.metrics_registry does
+        start_http_server(args.gc_metrics_port, addr="127.0.0.1")
     pool = await open_pool(args.database, args.pool)
     try:
         async with contextlib.AsyncExitStack() as workers:

@@ -98,6 +98,14 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
         # A scrape shows each new series at zero first; the counts that waited for it appear in the next one.
         scrapes = [created(), created()]
         assert scrapes[-1] == 6, scrapes
+        # the worker's own pauses for the cycle collector are served beside them (young collections run at once)
+        served = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        young = [
+            ln
+            for ln in served.splitlines()
+            if ln.startswith('ticketflow_worker_gc_pause_seconds_count{generation="0"}')
+        ]
+        assert young and float(young[0].rsplit(" ", 1)[1]) > 0, young
         mails = list((tmp_path / "state" / "mail").glob("*.eml"))
         assert len(mails) >= 6  # one acknowledgement per ticket, plus replies and notices
         info = PostmasterInfo.read_from_pgdata(tmp_path / "state" / "pgdata")
