@@ -32,7 +32,7 @@ from temporalio.client import Client
 
 from activities.db import migrate
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port, wait_for_temporal
-from ticketflow.config import Config
+from ticketflow.config import DEFAULT_SANDBOX, Config
 from ticketflow.temporal import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,7 +264,7 @@ class WorkerOptions:
     # (pip compiles on install). False is an editable install under PYTHONDONTWRITEBYTECODE=1, as on this
     # project's development machines: workflows/ticket.py is compiled from source for every new workflow.
     bytecode: bool = True
-    sandbox: str = "strict"  # or "shared", "off" (TICKETFLOW_WORKFLOW_SANDBOX)
+    sandbox: str = DEFAULT_SANDBOX  # the worker's default; or "strict", "off" (TICKETFLOW_WORKFLOW_SANDBOX)
     ack_apart: bool = False  # the opening's shape before patch ack-in-open-step (bench.worker_process --ack-apart)
     # the SDK Worker's own options, e.g. max_concurrent_workflow_tasks (bench.worker_process's BENCH_WORKER_OPTIONS)
     sdk_options: dict[str, Any] = field(default_factory=dict)

@@ -63,15 +63,18 @@ PAIRED: dict[str, WorkerOptions] = {
     "ack_apart": WorkerOptions(ack_apart=True),
     # 4 workflow-task slots, and so 4 threads running activations, instead of 100: what contention for the GIL costs
     "few_slots": WorkerOptions(sdk_options={"max_concurrent_workflow_tasks": 4}),
-    # no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1): the sandbox
-    # compiles workflows/ticket.py from source for every workflow it creates
-    "no_bytecode": WorkerOptions(bytecode=False),
-    # the shared sandbox (TICKETFLOW_WORKFLOW_SANDBOX=shared): the workflow module imported once
+    # no bytecode, as a development machine runs it (editable install, PYTHONDONTWRITEBYTECODE=1), strict: that
+    # sandbox compiles workflows/ticket.py from source for every workflow it creates
+    "no_bytecode": WorkerOptions(bytecode=False, sandbox="strict"),
+    # the strict sandbox (TICKETFLOW_WORKFLOW_SANDBOX=strict, the default before 2026-11-24): the workflow module
+    # imported anew for every workflow, and carried by each cached one
+    "strict_sandbox": WorkerOptions(sandbox="strict"),
+    # the default worker (TICKETFLOW_WORKFLOW_SANDBOX=shared) against strict, for --paired
     "shared_sandbox": WorkerOptions(sandbox="shared"),
-    # no sandbox: what the sandbox's per-workflow module imports and run-time checks cost
+    # no sandbox: what the sandbox's run-time checks cost
     "unsandboxed": WorkerOptions(sandbox="off"),
 }
-IN_WHOLE_RUN = ("ack_apart", "no_bytecode", "shared_sandbox", "unsandboxed")  # few_slots: --paired only
+IN_WHOLE_RUN = ("ack_apart", "no_bytecode", "strict_sandbox", "unsandboxed")  # few_slots: --paired only
 CAPACITY_COLUMNS = ["kind", "n", "per s", "/ floor", "p50 ms", "p95 ms", "p99 ms", "cpu ms", "worker", "temporal"]
 CAPACITY_COLUMNS += ["pg", "driver", "gc %", "full gc ms"]
 SATURATED = 0.85  # a step whose completions keep up with less than this share of the offered rate

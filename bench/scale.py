@@ -55,7 +55,7 @@ from bench.common import (
 from bench.load import Submitted, pipeline_times, sdk_submitter, submit_all, tickets, wait_acknowledged
 from starter.client import TicketClient
 from ticketflow.calendar import BusinessCalendar, Interval, Weekday
-from ticketflow.config import Config, SlaTarget, WorkflowSandbox, default_config
+from ticketflow.config import DEFAULT_SANDBOX, Config, SlaTarget, WorkflowSandbox, default_config
 from ticketflow.models import Priority
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -95,8 +95,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sandbox",
         choices=get_args(WorkflowSandbox),
-        default="strict",
-        help="the worker's workflow sandbox (TICKETFLOW_WORKFLOW_SANDBOX; off: unsandboxed, what the sandbox costs)",
+        default=DEFAULT_SANDBOX,
+        help="the worker's workflow sandbox (TICKETFLOW_WORKFLOW_SANDBOX, default %(default)s; off: unsandboxed)",
     )
     p.add_argument("--temporal-file", action="store_true", help="file-backed dev server (default: in memory)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")

@@ -28,7 +28,7 @@ from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks, TicketActivities
 from bench.floor import BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
 from ticketflow import contract
-from ticketflow.config import Config, WorkflowSandbox, default_config
+from ticketflow.config import DEFAULT_SANDBOX, Config, WorkflowSandbox, default_config
 from ticketflow.models import OpenRequest, OpenResult
 from ticketflow.temporal import connect
 
@@ -68,8 +68,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sandbox",
         choices=get_args(WorkflowSandbox),
-        default="strict",
-        help="the ticket workflow's sandbox (TICKETFLOW_WORKFLOW_SANDBOX)",
+        default=DEFAULT_SANDBOX,
+        help="the ticket workflow's sandbox (TICKETFLOW_WORKFLOW_SANDBOX, default %(default)s)",
     )
     return p.parse_args(argv)
 

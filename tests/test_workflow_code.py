@@ -7,11 +7,17 @@ I/O or a client library in them fails the suite before any worker runs it.
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
+import importlib
+import types
+import typing
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.common import RetryPolicy
 
 ROOT = Path(__file__).parent.parent
 # What a workflow executes: its own package and the core modules it imports.
@@ -71,3 +77,41 @@ def test_the_check_catches_what_the_shared_sandbox_would_let_through() -> None:
         "def f():\n    return datetime.now(), open('x'), random.random(), workflow.now(), asyncio.sleep(1)\n"
     )
     assert violations(source, "w.py") == ["w.py:1 imports random", "w.py:4 calls .now()", "w.py:4 calls open()"]
+
+
+# Values that cannot change once made. RetryPolicy is a plain dataclass, but workflow code only hands it to the
+# SDK, which copies it into each command.
+IMMUTABLE = (str, bytes, int, float, bool, type(None), timedelta, datetime, RetryPolicy, typing.TypeVar)
+SHAPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, __future__._Feature)
+
+
+def carried_state(namespace: dict[str, object]) -> list[str]:
+    """Names bound to a value one workflow run could change and the next one see."""
+
+    def fixed(value: object) -> bool:
+        if isinstance(value, tuple | frozenset):
+            return all(fixed(v) for v in value)
+        return isinstance(value, IMMUTABLE + SHAPES) or type(value).__module__ == "typing"
+
+    return [
+        name
+        for name, value in namespace.items()
+        if not name.startswith("__")
+        and not isinstance(value, property | staticmethod | classmethod)
+        and not fixed(value)
+    ]
+
+
+@pytest.mark.parametrize("module", ["workflows", "workflows.ticket"])
+def test_workflow_modules_hold_no_state_that_one_run_could_leave_to_the_next(module: str) -> None:
+    """The shared sandbox (the worker's default) imports the workflow module once for every run: a list, dict
+    or object at module or class level would be one run's state seen by the next, and would differ on replay."""
+    mod = importlib.import_module(module)
+    assert carried_state(vars(mod)) == []
+    for cls in (v for v in vars(mod).values() if isinstance(v, type) and v.__module__ == module):
+        assert carried_state(dict(vars(cls))) == [], cls.__qualname__
+
+
+def test_the_state_check_catches_a_mutable_constant() -> None:
+    namespace = {"RETRIES": 3, "NAMES": ("a", "b"), "SEEN": set(), "CACHE": {}, "DEFAULTS": ("a", [])}
+    assert carried_state(namespace) == ["SEEN", "CACHE", "DEFAULTS"]

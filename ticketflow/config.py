@@ -391,6 +391,10 @@ def default_config() -> Config:
 
 
 WorkflowSandbox = Literal["strict", "shared", "off"]
+# The worker process's sandbox unless TICKETFLOW_WORKFLOW_SANDBOX says otherwise. `shared` imports the workflow
+# module once: 1.16x strict's intake, a third of its collector pauses and 0.4x its memory per cached ticket
+# (README, Performance). The tests and `worker.build_worker` run `strict`, which checks the most.
+DEFAULT_SANDBOX: WorkflowSandbox = "shared"
 
 
 class Settings(BaseSettings):
@@ -418,7 +422,7 @@ class Settings(BaseSettings):
     intake_http_port: int = 8088  # web form / chat / API intake; 0 disables it in `ticketflow dev`
     intake_metrics_port: int = 0  # /metrics of `ticketflow mail-intake` on its own (http-intake serves /metrics)
     db_pool_max: int = 10
-    workflow_sandbox: WorkflowSandbox = "strict"  # or "shared", "off": see worker.sandbox_runner
+    workflow_sandbox: WorkflowSandbox = DEFAULT_SANDBOX  # "strict", "shared" or "off": see worker.sandbox_runner
     # Tickets a worker keeps in memory between their workflow tasks (the SDK's max_cached_workflows, about
     # 0.3 MiB each). Size it for the tickets that wake together (Monday 09:00): past it, each wake-up replays
     # the ticket's history (bench.scale). 0 keeps none.
