@@ -31,6 +31,7 @@ from rich.table import Table
 from temporalio.client import Client
 
 from activities.db import migrate
+from activities.gc_pauses import NAME as GC_PAUSE  # served by each bench worker (bench.worker_process)
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port, wait_for_temporal
 from ticketflow.config import DEFAULT_SANDBOX, Config
 from ticketflow.temporal import connect
@@ -160,9 +161,6 @@ def scrape(port: int) -> dict[str, float]:
 def metric(sample: dict[str, float], name: str) -> float:
     """Sum of every series of one metric (all label sets)."""
     return sum(v for k, v in sample.items() if k == name or k.startswith(name + "{"))
-
-
-GC_PAUSE = "ticketflow_worker_gc_pause_seconds"  # activities/gc_pauses.py, served by each bench worker
 
 
 def gc_sample(port: int) -> dict[str, float]:
@@ -348,7 +346,7 @@ class Stack:
         ]
         port = free_port() if options.metrics else 0
         args += ["--sdk-metrics-port", str(port)]
-        gc_port = free_port()
+        gc_port = free_port() if options.metrics else 0
         args += ["--gc-metrics-port", str(gc_port)]
         args += ["--sandbox", options.sandbox]
         if options.ack_apart:

@@ -87,25 +87,23 @@ def test_dev_runs_the_demo_and_keeps_state(tmp_path: Path) -> None:
 
         assert asyncio.run(count_tickets(temporal_port, 6)) == 6
 
-        def created() -> float:
+        def served(prefix: str, *within: str) -> float:
+            """The sum of the worker's /metrics lines that start with `prefix` and hold every one of `within`."""
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
             return sum(
                 float(line.rsplit(" ", 1)[1])
                 for line in metrics.splitlines()
-                if line.startswith("ticketflow_tickets_total{") and 'event="created"' in line
+                if line.startswith(prefix) and all(part in line for part in within)
             )
+
+        def created() -> float:
+            return served("ticketflow_tickets_total{", 'event="created"')
 
         # A scrape shows each new series at zero first; the counts that waited for it appear in the next one.
         scrapes = [created(), created()]
         assert scrapes[-1] == 6, scrapes
         # the worker's own pauses for the cycle collector are served beside them (young collections run at once)
-        served = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        young = [
-            ln
-            for ln in served.splitlines()
-            if ln.startswith('ticketflow_worker_gc_pause_seconds_count{generation="0"}')
-        ]
-        assert young and float(young[0].rsplit(" ", 1)[1]) > 0, young
+        assert served('ticketflow_worker_gc_pause_seconds_count{generation="0"}') > 0
         mails = list((tmp_path / "state" / "mail").glob("*.eml"))
         assert len(mails) >= 6  # one acknowledgement per ticket, plus replies and notices
         info = PostmasterInfo.read_from_pgdata(tmp_path / "state" / "pgdata")
