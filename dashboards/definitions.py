@@ -273,8 +273,8 @@ OPERATIONS = Dashboard(
                     ],
                     "Share of wall time each worker stood still for Python's cycle collector: every activation and "
                     "activity waits it out. Generation 2 is a full collection, which walks every cached workflow "
-                    "(with the strict sandbox about 0.5 s at a cache of 1,000, every 5-15 s under load): "
-                    "it is what the p99 of intake latency is made of. A smaller TICKETFLOW_WORKFLOW_CACHE, the "
+                    "(at a cache of 1,000 about 0.25 s with the default sandbox, 0.6 s strict, every 10-15 s "
+                    "under load): it bounds the p99 of intake latency. A smaller TICKETFLOW_WORKFLOW_CACHE, the "
                     "shared sandbox or more worker processes shorten it.",
                     unit="percentunit",
                     width=12,

@@ -424,8 +424,9 @@ class Settings(BaseSettings):
     db_pool_max: int = 10
     workflow_sandbox: WorkflowSandbox = DEFAULT_SANDBOX  # "strict", "shared" or "off": see worker.sandbox_runner
     # Tickets a worker keeps in memory between their workflow tasks (the SDK's max_cached_workflows, about
-    # 0.3 MiB each). Size it for the tickets that wake together (Monday 09:00): past it, each wake-up replays
-    # the ticket's history (bench.scale). 0 keeps none.
+    # 0.15 MiB each, 0.4 with the strict sandbox; each full garbage collection walks them all). Size it for the
+    # tickets that wake together (Monday 09:00): past it, each wake-up replays the ticket's history
+    # (bench.scale). 0 keeps none.
     workflow_cache: int = Field(default=1000, ge=0)
     # How often a worker brings SLA clock rows up to their events (activities/clocks.py, reconcile): rows that a
     # worker of a release before migration 0009 left behind in a rolling upgrade. It also runs at each start.
