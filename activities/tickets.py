@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ from activities.backlog import OPEN as OPEN_STATES
 from activities.mail import SmtpSettings, Templates
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from activities.classifier import TicketClassifier
 from ticketflow import contract, survey
 from ticketflow.assignment import Candidate, choose, on_shift
@@ -60,6 +63,11 @@ log = logging.getLogger(__name__)
 # The one delivery attempt made inside a workflow step: short, because the ticket waits for it (a relay that
 # is slow or down is `notify`'s to wait for, in the background).
 INLINE_SMTP_TIMEOUT = 5.0
+# After an inline attempt fails (the relay down, silent or slow), this worker's steps hand their mails straight to
+# `notify` for this long instead of each spending up to INLINE_SMTP_TIMEOUT on the same relay. The opening step
+# runs inside the ticket's workflow task: without the pause, a relay that drops connections would hold a workflow
+# task slot for 5 s per ticket opened, and every other ticket's timers and updates would queue behind them.
+INLINE_PAUSE_SECONDS = 30.0
 
 # Columns a workflow step may set on the ticket row (never identity or customer data).
 _UPDATABLE = {
@@ -131,6 +139,8 @@ class TicketActivities:
         self.config = config
         self.smtp = smtp
         self._inline_smtp = replace(smtp, timeout=min(smtp.timeout, INLINE_SMTP_TIMEOUT))
+        self._inline_paused_until = 0.0  # on `clock`; see INLINE_PAUSE_SECONDS
+        self.clock: Callable[[], float] = time.monotonic
         self.templates = templates or Templates()
         self.classifier = classifier
         self.survey_links = survey_links
@@ -795,7 +805,8 @@ class TicketActivities:
         rows: list[dict[str, Any] | Exception | None],
     ) -> list[NotificationResult]:
         """After the step's commit, one delivery attempt per pending mail, on the first attempt of the step only
-        (a retry may run while the first still sends); anything not delivered comes back `pending`."""
+        (a retry may run while the first still sends) and unless an attempt failed in the last
+        INLINE_PAUSE_SECONDS; anything not delivered comes back `pending`."""
         first_attempt = activity.info().attempt == 1
         results = []
         for note, row in zip(notes, rows, strict=True):
@@ -805,13 +816,19 @@ class TicketActivities:
                 results.append(NotificationResult(key=note.key, status="no_recipient"))
             elif row["status"] != "pending":
                 results.append(self._result(note.key, row))
-            elif not first_attempt:
+            elif not first_attempt or self.clock() < self._inline_paused_until:
                 results.append(NotificationResult(key=note.key, status="pending", recipient=row["recipient"]))
             else:
                 try:
                     results.append(await self._deliver(conn, note, row, self._inline_smtp))
                 except Exception as err:  # transient: the row is pending, `notify` takes it from here
-                    log.info("mail %s not delivered inline, left to notify: %r", note.key, err)
+                    self._inline_paused_until = self.clock() + INLINE_PAUSE_SECONDS
+                    log.warning(
+                        "mail %s not delivered inline, left to notify; inline attempts paused for %.0f s: %r",
+                        note.key,
+                        INLINE_PAUSE_SECONDS,
+                        err,
+                    )
                     results.append(NotificationResult(key=note.key, status="pending", recipient=row["recipient"]))
         return results
 

@@ -114,6 +114,32 @@ async def test_a_silent_relay_holds_the_opening_for_the_inline_timeout_only(
     assert "Timeout" in (row["last_error"] or ""), row
 
 
+async def test_after_a_failed_attempt_the_worker_leaves_mail_to_notify_for_a_while(
+    pool: Pool, config: Config, silent_relay: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opening runs inside the ticket's workflow task: a relay that never answers must not cost every ticket
+    opened meanwhile the inline timeout. After one failed attempt the worker's steps attempt nothing for
+    INLINE_PAUSE_SECONDS; their mails stay pending for `notify`, then attempts resume."""
+    monkeypatch.setattr(ticket_activities, "INLINE_SMTP_TIMEOUT", 0.5)
+    acts = TicketActivities(pool, config, SmtpSettings(host="127.0.0.1", port=silent_relay, timeout=20))
+    now = [1000.0]
+    acts.clock = lambda: now[0]
+
+    async def attempts_at_opening() -> int:
+        req = opening()
+        result = await asyncio.wait_for(run_open(acts, req), 10)
+        assert result.acknowledgement is not None and result.acknowledgement.status == "pending"
+        [row] = await outbox(pool, req.ticket_id, "acknowledgement")
+        assert row["status"] == "pending"
+        return int(row["attempts"])
+
+    assert await attempts_at_opening() == 1  # times out on the silent relay
+    now[0] += ticket_activities.INLINE_PAUSE_SECONDS - 1
+    assert await attempts_at_opening() == 0  # left to notify at once
+    now[0] += 1
+    assert await attempts_at_opening() == 1  # the pause is over: the next one tries again
+
+
 async def test_an_acknowledgement_that_does_not_render_holds_back_no_part_of_the_opening(
     pool: Pool, config: Config, smtp: SmtpSink, smtp_settings: SmtpSettings
 ) -> None:
@@ -150,7 +176,7 @@ async def test_a_relay_down_at_the_opening_hands_the_acknowledgement_to_the_back
             history = await ts_client.get_workflow_handle(workflow_id(tid)).fetch_history()
     finally:
         relay.stop()
-    assert scheduled(history) == {"open_ticket": 1, "notify": 1}
+    assert scheduled(history) == {"open_ticket (local)": 1, "notify": 1}
     [row] = await outbox(pool, tid, "acknowledgement")
     assert row["status"] == "sent" and row["interrupted"] == 0
     assert list(delivered(relay, tid).values()) == [1]
@@ -174,7 +200,7 @@ async def test_a_worker_from_before_the_change_leaves_the_acknowledgement_to_not
             tid = await open_ticket(TicketClient(client, task_queue))
             await mail_settled(client, tid)
             history = await client.get_workflow_handle(workflow_id(tid)).fetch_history()
-    assert scheduled(history) == {"open_ticket": 1, "notify": 1}
+    assert scheduled(history) == {"open_ticket (local)": 1, "notify": 1}
     assert [r["status"] for r in await outbox(pool, tid, "acknowledgement")] == ["sent"]
     assert list(delivered(smtp, tid).values()) == [1]
 
