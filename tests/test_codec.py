@@ -288,7 +288,7 @@ async def test_failure_messages_with_customer_text_are_encrypted(
 
     history = await plain.get_workflow_handle(wid).fetch_history()
     failures = (
-        [  # the intake's failure: a local activity's marker (an activity event before patch local-steps)
+        [  # the intake's failure: a local activity's marker (patch open-as-local-step; an activity event before)
             e.marker_recorded_event_attributes.failure
             for e in history.events
             if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED

@@ -29,7 +29,7 @@ from workflows.ticket import TicketWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 # Recorded histories are named for the workflow version that produced them; all of them replay.
-RECORDING_AS = "v9-ack-in-open-step"
+RECORDING_AS = "v10-open-as-local-step"
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,12 @@ from temporalio.runtime import (
 
 from ticketflow.converter import DATA_CONVERTER
 
-__all__ = ["CORE_LOG", "DATA_CONVERTER", "connect", "converter_for", "runtime", "venv_binary"]
+__all__ = ["CORE_LOG", "DATA_CONVERTER", "LOCAL_ACTIVITY_MARKER", "connect", "converter_for", "runtime", "venv_binary"]
 
 CORE_LOG = logging.getLogger("temporalio.core")
+# The name the SDK's Core gives a local activity's marker in a history; its details' "data" is JSON naming the
+# activity_type. How a history's reader tells a local activity from a patch marker.
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 
 def venv_binary(name: str) -> Path:

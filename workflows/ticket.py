@@ -105,9 +105,14 @@ PATCH_NOTICES_IN_STEP = "notices-in-step"
 # attempt: an opening is two workflow tasks and one activity instead of three and two. Not delivered there, it
 # goes on in the background as before; so does one asked of a worker that does not know the field yet.
 PATCH_ACK_IN_OPEN_STEP = "ack-in-open-step"
+# The opening step runs as a local activity, inside the first workflow task: an opening is one workflow task, a
+# marker and no activity task, instead of two workflow tasks and an activity. Only the opening: it runs before
+# anything else of the ticket is in flight (no mail in the background, no other step), unlike the withdrawn
+# local-steps, whose results replay matched to the wrong step beside background mail.
+PATCH_OPEN_AS_LOCAL_STEP = "open-as-local-step"
 # Patches a run records alone, oldest first: each stands for every patch introduced before it. Every new patch
 # joins the end of this list (a patch outside it counts as older than all of them).
-RELEASES = (PATCH_OPEN_IN_ONE_STEP, PATCH_NOTICES_IN_STEP, PATCH_ACK_IN_OPEN_STEP)
+RELEASES = (PATCH_OPEN_IN_ONE_STEP, PATCH_NOTICES_IN_STEP, PATCH_ACK_IN_OPEN_STEP, PATCH_OPEN_AS_LOCAL_STEP)
 # A step still failing after this long (a database outage) retries on durable timers, visible in the history,
 # instead of holding the workflow task open.
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
@@ -243,7 +248,10 @@ class TicketWorkflow:
         ack = None if imported else self._note("acknowledgement", "customer", f"ack:{s.ticket_id}", None)
         in_step = ack if ack is not None and self._since(PATCH_ACK_IN_OPEN_STEP) else None
         opened = await self._intake(
-            contract.OPEN_TICKET, OpenRequest(ticket_id=s.ticket_id, raw=raw, at=now, acknowledge=in_step), OpenResult
+            contract.OPEN_TICKET,
+            OpenRequest(ticket_id=s.ticket_id, raw=raw, at=now, acknowledge=in_step),
+            OpenResult,
+            local=self._since(PATCH_OPEN_AS_LOCAL_STEP),
         )
         self._admitted(opened.intake)
         self._categorised(opened.categorisation)
@@ -259,10 +267,10 @@ class TicketWorkflow:
         if ack is not None and (opened.acknowledgement is None or opened.acknowledgement.status == "pending"):
             await self._send(ack)
 
-    async def _intake(self, name: str, arg: Any, result_type: type[T]) -> T:
+    async def _intake(self, name: str, arg: Any, result_type: type[T], *, local: bool = False) -> T:
         """The first step: a ticket that fails validation fails the workflow with the field-level message."""
         try:
-            return await self._activity(name, arg, result_type)
+            return await self._activity(name, arg, result_type, local=local)
         except ActivityError as err:
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type == contract.INVALID_TICKET:
@@ -665,10 +673,11 @@ class TicketWorkflow:
         self.state.audit_seq += 1
         return self.state.audit_seq
 
-    async def _activity(self, name: str, arg: Any, result_type: type[T] | None = None) -> T:
-        """A database or policy step: milliseconds of work, idempotent by its key."""
-        if not self._since(PATCH_STEPS_AS_ACTIVITIES) and workflow.patched(PATCH_LOCAL_STEPS):
-            local: T = await workflow.execute_local_activity(
+    async def _activity(self, name: str, arg: Any, result_type: type[T] | None = None, *, local: bool = False) -> T:
+        """A database or policy step: milliseconds of work, idempotent by its key. Run `local`ly, inside the
+        workflow task that asks for it; retried there for `LOCAL_RETRY_THRESHOLD`, then on durable timers."""
+        if local or (not self._since(PATCH_STEPS_AS_ACTIVITIES) and workflow.patched(PATCH_LOCAL_STEPS)):
+            done: T = await workflow.execute_local_activity(
                 name,
                 arg,
                 result_type=result_type,
@@ -676,7 +685,7 @@ class TicketWorkflow:
                 retry_policy=STEP_RETRY,
                 local_retry_threshold=LOCAL_RETRY_THRESHOLD,
             )
-            return local
+            return done
         result: T = await workflow.execute_activity(
             name,
             arg,
@@ -1046,6 +1055,10 @@ class TicketWorkflow:
 
     @workflow.update(name=contract.REPORT_BOUNCE)
     async def report_bounce(self, req: BounceReport) -> TicketState:
+        if self.state.status == Status.NEW and self._since(PATCH_OPEN_AS_LOCAL_STEP):
+            # The one update a ticket still opening accepts (the acknowledgement's bounce can be back before the
+            # opening step has returned): its entry takes the number after the opening's, not one of them.
+            await workflow.wait_condition(lambda: self.state.status != Status.NEW)
         async with self._lock:
             self._validate_report_bounce(req)
             detail = {"message_id": req.message_id, "diagnostic": req.diagnostic}
