@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -197,13 +199,21 @@ class Child:
     warning per slow workflow task to stdout, and once a wave of coinciding deadlines had printed a few hundred
     the worker froze mid-write, with every slot held and nothing in its log."""
 
-    def __init__(self, name: str, module: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ):
         self.name = name
         self.log_path = log
         self._log: IO[bytes] = open(log, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            cwd=ROOT,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=self._log,
             start_new_session=True,
@@ -266,6 +276,30 @@ class WorkerOptions:
     ack_apart: bool = False  # the opening's shape before patch ack-in-open-step (bench.worker_process --ack-apart)
     # the SDK Worker's own options, e.g. max_concurrent_workflow_tasks (bench.worker_process's BENCH_WORKER_OPTIONS)
     sdk_options: dict[str, Any] = field(default_factory=dict)
+    # another revision's code (`checkout`): its worker, workflow code included, in place of this one's
+    source: Path | None = None
+
+
+def git(*args: str) -> bytes:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True)
+    if done.returncode:
+        raise SystemExit(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def commit_of(rev: str) -> str:
+    """The full hash of git revision `rev` of this repository (HEAD~1, a tag, a short hash)."""
+    return git("rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}").decode().strip()
+
+
+def checkout(commit: str, into: Path) -> Path:
+    """The tree of `commit`, extracted under `into`: the code of a worker from before a change
+    (`WorkerOptions.source`)."""
+    dest = into / f"code-{commit[:12]}"
+    if not dest.exists():
+        with tarfile.open(fileobj=io.BytesIO(git("archive", commit))) as tree:
+            tree.extractall(dest, filter="data")
+    return dest
 
 
 @dataclass
@@ -368,7 +402,10 @@ class Stack:
         )
         if options.sdk_options:
             env["BENCH_WORKER_OPTIONS"] = json.dumps(options.sdk_options)
-        child = Child(f"worker {n}", "bench.worker_process", args, self.workdir / f"worker-{n}.log", env)
+        cwd = ROOT
+        if options.source is not None:  # its packages come first on the path, ahead of the editable install's
+            cwd, env["PYTHONPATH"] = options.source, str(options.source)
+        child = Child(f"worker {n}", "bench.worker_process", args, self.workdir / f"worker-{n}.log", env, cwd)
         await asyncio.to_thread(child.wait_ready)
         self.workers.append(child)
         self.worker_metrics[child.pid] = port

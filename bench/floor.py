@@ -1,10 +1,11 @@
 """The floors. The floor: an empty workflow, started with the same input and the same number of starts as the
 pipeline; the most the Temporal server and a worker can do on this machine, and the pipeline's yardstick.
 
-The shaped floor: bare Temporal doing what a ticket's opening asks of it, with nothing behind it. One activity
-(a no-op standing for the opening step, which also acknowledges), then a search-attribute upsert and a timer in
-the second and last workflow task. The pipeline against it is the cost of ticketflow's own work (SQL, rules,
-mail) over the orchestration it needs."""
+The shaped floor: bare Temporal doing what a ticket's opening asks of it, with nothing behind it. One local
+activity (a no-op standing for the opening step, which also acknowledges), then a search-attribute upsert and a
+timer, all in the first and only workflow task. The pipeline against it is the cost of ticketflow's own work (SQL,
+rules, mail) over the orchestration it needs. The activity-shaped floor is the opening's shape before patch
+open-as-local-step: the no-op as an activity, so a second workflow task."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from temporalio.common import SearchAttributeKey
 
 FLOOR_WORKFLOW = "BenchFloorWorkflow"
 SHAPED_FLOOR_WORKFLOW = "BenchShapedFloorWorkflow"
+ACTIVITY_SHAPED_FLOOR_WORKFLOW = "BenchActivityShapedFloorWorkflow"
 NOOP_ACTIVITY = "bench_noop"
 TICKET_STATUS = SearchAttributeKey.for_keyword("TicketStatus")
+STEP = timedelta(seconds=30)
 
 
 @workflow.defn(name=FLOOR_WORKFLOW)
@@ -33,14 +36,26 @@ async def bench_noop(ticket: dict[str, Any]) -> dict[str, Any]:
     return ticket
 
 
+async def _opened() -> None:
+    """What the opening's workflow task commands after its step: a search-attribute upsert, and the ticket's first
+    SLA timer, started and still running as the workflow completes."""
+    workflow.upsert_search_attributes([TICKET_STATUS.value_set("open")])
+    timer = asyncio.ensure_future(workflow.sleep(timedelta(hours=1)))
+    await asyncio.sleep(0)
+    assert not timer.done()
+
+
 @workflow.defn(name=SHAPED_FLOOR_WORKFLOW)
 class BenchShapedFloorWorkflow:
     @workflow.run
     async def run(self, ticket: dict[str, Any] | None = None) -> None:
-        timeout = timedelta(seconds=30)
-        await workflow.execute_activity(NOOP_ACTIVITY, ticket or {}, start_to_close_timeout=timeout)
-        workflow.upsert_search_attributes([TICKET_STATUS.value_set("open")])
-        # the ticket's first SLA timer: started in this workflow task, still running as the workflow completes
-        timer = asyncio.ensure_future(workflow.sleep(timedelta(hours=1)))
-        await asyncio.sleep(0)
-        assert not timer.done()
+        await workflow.execute_local_activity(NOOP_ACTIVITY, ticket or {}, start_to_close_timeout=STEP)
+        await _opened()
+
+
+@workflow.defn(name=ACTIVITY_SHAPED_FLOOR_WORKFLOW)
+class BenchActivityShapedFloorWorkflow:
+    @workflow.run
+    async def run(self, ticket: dict[str, Any] | None = None) -> None:
+        await workflow.execute_activity(NOOP_ACTIVITY, ticket or {}, start_to_close_timeout=STEP)
+        await _opened()

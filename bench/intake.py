@@ -29,6 +29,8 @@ from bench.common import (
     Stack,
     WorkerOptions,
     busy_warning,
+    checkout,
+    commit_of,
     console,
     fmt,
     gc_cells,
@@ -36,7 +38,7 @@ from bench.common import (
     table,
     write_results,
 )
-from bench.floor import FLOOR_WORKFLOW, SHAPED_FLOOR_WORKFLOW
+from bench.floor import ACTIVITY_SHAPED_FLOOR_WORKFLOW, FLOOR_WORKFLOW, SHAPED_FLOOR_WORKFLOW
 from bench.load import (
     Submit,
     floor_submitter,
@@ -51,12 +53,18 @@ from bench.load import (
 )
 from starter.client import TicketClient
 from ticketflow.ids import workflow_id
+from ticketflow.temporal import LOCAL_ACTIVITY_MARKER
 
 SIZES: dict[str, dict[str, Any]] = {
     "small": {"rates": [5, 10, 20, 40, 80], "step_seconds": 4.0, "min_step": 20, "burst": 100},
     "full": {"rates": [5, 10, 15, 20, 30, 40, 60, 80, 120, 160], "step_seconds": 30.0, "min_step": 100, "burst": 2000},
 }
-FLOORS = {"floor": FLOOR_WORKFLOW, "floor_shaped": SHAPED_FLOOR_WORKFLOW}  # bench/floor.py
+# bench/floor.py
+FLOORS = {
+    "floor": FLOOR_WORKFLOW,
+    "floor_shaped": SHAPED_FLOOR_WORKFLOW,
+    "floor_shaped_activity": ACTIVITY_SHAPED_FLOOR_WORKFLOW,
+}
 # Variants of the worker, each a before/after of one candidate gain (a burst each in a whole run, or --paired):
 PAIRED: dict[str, WorkerOptions] = {
     # the acknowledgement apart, sent by `notify` after the opening step as before patch ack-in-open-step
@@ -95,8 +103,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead of the ramp: bursts on fresh workers, the default one and this variant in turn, "
         "--rounds times; medians and their ratio (a before/after that the drift between runs cannot blur)",
     )
+    p.add_argument(
+        "--before",
+        metavar="REV",
+        help="--paired against the worker of git revision REV (e.g. HEAD~1, checked out under the run's folder), "
+        "workflow code included: the before/after of a commit",
+    )
     p.add_argument("--rounds", type=int, default=3, help="rounds of --paired")
     args = p.parse_args(argv)
+    if args.paired and args.before:
+        p.error("--paired VARIANT and --before REV are two kinds of pair: give one")
     for k, v in SIZES[args.size].items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -110,8 +126,13 @@ class Intake:
         self.client = stack.client
         self.tickets = TicketClient(stack.client, task_queue)
         self.task_queue, self.floor_queue = task_queue, floor_queue
-        self.batches = 0
+        self.batches = 0  # across task queues: it numbers the tickets
         self.last: dict[str, str] = {}  # kind -> one workflow id of its last batch
+
+    def use(self, task_queue: str) -> None:
+        """Open the next tickets on `task_queue`."""
+        self.tickets = TicketClient(self.client, task_queue)
+        self.task_queue = task_queue
 
     async def batch(self, kind: str, n: int, rate: float | None, concurrency: int) -> dict[str, Any]:
         """One batch of `kind` (floor, or pipeline through the client SDK) and its figures."""
@@ -151,11 +172,13 @@ async def history_shape(client: Client, wid: str) -> dict[str, int]:
     """What one workflow wrote to its history so far: server work grows with events, tasks and upserts."""
     history = await client.get_workflow_handle(wid).fetch_history()
     kinds = Counter(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events)
+    local = sum(e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER for e in history.events)
     return {
         "events": len(history.events),
         "workflow_tasks": kinds["WORKFLOW_TASK_COMPLETED"],
         "activities": kinds["ACTIVITY_TASK_SCHEDULED"],
-        "markers": kinds["MARKER_RECORDED"],
+        "local_activities": local,
+        "patch_markers": kinds["MARKER_RECORDED"] - local,
         "search_attribute_upserts": kinds["UPSERT_WORKFLOW_SEARCH_ATTRIBUTES"],
         "timers": kinds["TIMER_STARTED"],
     }
@@ -197,7 +220,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
 
         console.log(f"capacity bursts of {args.burst} with {args.concurrency} callers")
-        kinds = ("floor", "floor_shaped", "pipeline")
+        kinds = ("floor", "floor_shaped", "floor_shaped_activity", "pipeline")
         bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in kinds}
         shapes = {kind: await history_shape(bench.client, wid) for kind, wid in bench.last.items()}
         for name in IN_WHOLE_RUN:  # each on a fresh worker
@@ -293,16 +316,22 @@ def ratio_of(a: float | None, b: float | None) -> float | None:
 
 async def paired(args: argparse.Namespace) -> dict[str, Any]:
     """The default worker and one variant in turn, each fresh (an empty cache, a warm-up batch) for its burst, on
-    one server whose open tickets grow alike for both: the ratio of medians is the variant's gain or loss."""
+    one server whose open tickets grow alike for both: the ratio of medians is the variant's gain or loss. Each
+    side opens its tickets on a task queue of its own, so a worker never meets the other side's histories (a
+    worker from before a change to the workflow code could not replay the ones after it)."""
     busy_warning()
-    queue = f"bench-{uuid.uuid4().hex[:6]}"
-    sides = {"default": WorkerOptions(), args.paired: PAIRED[args.paired]}
-    bursts: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    before = commit_of(args.before) if args.before else None
+    other = args.paired or f"before ({args.before}, {before and before[:10]})"
+    bursts: dict[str, list[dict[str, Any]]] = {"default": [], other: []}
     async with Stack(temporal_file=args.temporal_file, keep=args.keep) as stack:
-        bench = Intake(stack, queue, "")
+        variant = WorkerOptions(source=checkout(before, stack.workdir)) if before else PAIRED[args.paired]
+        sides = {"default": WorkerOptions(), other: variant}
+        queues = {name: f"bench-{uuid.uuid4().hex[:6]}" for name in sides}
+        bench = Intake(stack, queues["default"], "")
         for r in range(args.rounds):
             for name, options in sides.items():
-                worker = await stack.start_worker(dataclasses.replace(options, task_queue=queue))
+                bench.use(queues[name])
+                worker = await stack.start_worker(dataclasses.replace(options, task_queue=queues[name]))
                 await bench.batch("pipeline", 20, None, 8)
                 console.log(f"round {r + 1} of {args.rounds}: {name}")
                 bursts[name].append(await bench.batch("pipeline", args.burst, None, args.concurrency))
@@ -321,8 +350,7 @@ async def paired(args: argparse.Namespace) -> dict[str, Any]:
         "gc %": lambda f: share * 100 if (share := f.get("gc", {}).get("worker", {}).get("paused_share")) else None,
     }
     medians = {name: {k: median(name, get) for k, get in figures.items()} for name in sides}
-    base, other = medians["default"], medians[args.paired]
-    ratios = {k: ratio_of(other[k], base[k]) for k in figures}
+    ratios = {k: ratio_of(medians[other][k], medians["default"][k]) for k in figures}
     rows = [[name, *(" ".join(fmt(get(f), 1) for f in bursts[name]) for get in figures.values())] for name in sides]
     rows.append(["median ratio", *(fmt(ratios[k], 2) for k in figures)])
     table(
@@ -335,6 +363,7 @@ async def paired(args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "params": {k: v for k, v in vars(args).items() if k != "keep"},
+        "before_commit": before,
         "bursts": bursts,
         "medians": medians,
         "ratios": ratios,
@@ -343,8 +372,9 @@ async def paired(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    if args.paired:
-        write_results(f"intake-paired-{args.paired}", asyncio.run(paired(args)))
+    if args.paired or args.before:
+        name = args.paired or f"before-{commit_of(args.before)[:10]}"
+        write_results(f"intake-paired-{name}", asyncio.run(paired(args)))
     else:
         write_results("intake", asyncio.run(run(args)))
 

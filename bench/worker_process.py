@@ -26,7 +26,7 @@ from activities.db import open_pool
 from activities.gc_pauses import GC_PAUSES
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks, TicketActivities
-from bench.floor import BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
+from bench.floor import BenchActivityShapedFloorWorkflow, BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
 from ticketflow import contract
 from ticketflow.config import DEFAULT_SANDBOX, Config, WorkflowSandbox, default_config
 from ticketflow.models import OpenRequest, OpenResult
@@ -63,7 +63,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--ack-apart",
         action="store_true",
         help="the opening step ignores the acknowledgement it is asked for, so `notify` sends it in a workflow task"
-        " of its own: the opening's shape before patch ack-in-open-step, as a worker from before it runs it",
+        " of its own, as a worker from before patch ack-in-open-step runs it",
     )
     p.add_argument(
         "--sandbox",
@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace) -> None:
                 floor = Worker(
                     client,
                     task_queue=args.floor_queue,
-                    workflows=[BenchFloorWorkflow, BenchShapedFloorWorkflow],
+                    workflows=[BenchFloorWorkflow, BenchShapedFloorWorkflow, BenchActivityShapedFloorWorkflow],
                     activities=[bench_noop],
                     workflow_runner=floor_runner,
                     **options,
