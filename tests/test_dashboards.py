@@ -139,7 +139,10 @@ def fast_policy(cfg: Config) -> Config:
             "notify_out_of_hours": list(Priority),
         }
     )
-    departments = {k: d.model_copy(update={"calendar": None}) for k, d in cfg.departments.items()}
+    # billing's own survey delay (4 h) too: else the load's billing tickets never reach `survey_sent`
+    departments = {
+        k: d.model_copy(update={"calendar": None, "csat_delay_minutes": None}) for k, d in cfg.departments.items()
+    }
     tiers = [t.model_copy(update={"budget_minutes": 1}) for t in cfg.tiers]
     csat = cfg.csat.model_copy(update={"delay_minutes": 0.02, "window_minutes": 0.1})
     return cfg.model_copy(update={"sla": sla, "departments": departments, "tiers": tiers, "csat": csat})
