@@ -124,8 +124,8 @@ class Intake:
         assert stack.client is not None
         self.stack = stack
         self.client = stack.client
-        self.tickets = TicketClient(stack.client, task_queue)
-        self.task_queue, self.floor_queue = task_queue, floor_queue
+        self.use(task_queue)
+        self.floor_queue = floor_queue
         self.batches = 0  # across task queues: it numbers the tickets
         self.last: dict[str, str] = {}  # kind -> one workflow id of its last batch
 
@@ -373,8 +373,9 @@ async def paired(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.paired or args.before:
-        name = args.paired or f"before-{commit_of(args.before)[:10]}"
-        write_results(f"intake-paired-{name}", asyncio.run(paired(args)))
+        results = asyncio.run(paired(args))
+        name = args.paired or f"before-{results['before_commit'][:10]}"
+        write_results(f"intake-paired-{name}", results)
     else:
         write_results("intake", asyncio.run(run(args)))
 

@@ -46,6 +46,14 @@ def prom(expr: str, legend: str = "", *, instant: bool = False, heatmap: bool = 
     return Query(expr, legend, table=instant, heatmap=heatmap)
 
 
+def with_local(expr: str) -> str:
+    """`expr` over the activities' metric (`temporal_{local}activity_...` with `local` empty), `or` the same over the
+    local activities', those series labelled kind="local". Not a regex over both names: rate() and increase() drop
+    the name, so once an activity type has run both ways (open_ticket while tickets from before patch
+    open-as-local-step still open) the two series' labels are the same and Prometheus refuses the whole query."""
+    return f'{expr.format(local="")} or label_replace({expr.format(local="local_")}, "kind", "local", "", "")'
+
+
 def sql(text: str, *, table: bool = True) -> Query:
     return Query(" ".join(text.split()), sql=True, table=table)
 
@@ -239,11 +247,10 @@ OPERATIONS = Dashboard(
                     "timeseries",
                     [
                         prom(
-                            "histogram_quantile(0.95, sum by (le, activity_type) "
-                            "(rate(temporal_activity_execution_latency_bucket[$__rate_interval]))) or label_replace("
-                            "histogram_quantile(0.95, sum by (le, activity_type) "
-                            "(rate(temporal_local_activity_execution_latency_bucket[$__rate_interval]))), "
-                            '"kind", "local", "", "")',
+                            with_local(
+                                "histogram_quantile(0.95, sum by (le, activity_type) "
+                                "(rate(temporal_{local}activity_execution_latency_bucket[$__rate_interval])))"
+                            ),
                             "{{activity_type}} {{kind}}",
                         ),
                     ],
@@ -288,16 +295,11 @@ OPERATIONS = Dashboard(
                     "Activity failures by activity",
                     "timeseries",
                     [
-                        # Two names joined by `or`, a local activity's series labelled kind="local": a regex over both
-                        # names fails once an activity type has run both ways (rate() drops the name, and the two
-                        # series' labels are then the same), e.g. open_ticket while tickets from before patch
-                        # open-as-local-step still open.
                         prom(
-                            "sum by (activity_type) "
-                            "(increase(temporal_activity_execution_failed[$__rate_interval])) or label_replace("
-                            "sum by (activity_type) "
-                            "(increase(temporal_local_activity_execution_failed[$__rate_interval])), "
-                            '"kind", "local", "", "")',
+                            with_local(
+                                "sum by (activity_type) "
+                                "(increase(temporal_{local}activity_execution_failed[$__rate_interval]))"
+                            ),
                             "{{activity_type}} {{kind}}",
                         ),
                     ],
