@@ -123,6 +123,13 @@ def _rejected_reason(error: dict[str, Any]) -> str:
     return first if first in TicketIn.model_fields and error["type"] != "extra_forbidden" else "unknown_field"
 
 
+@dataclass(frozen=True)
+class Appended:
+    """An audit entry newly written, with the ticket row as its update left it (None: it updated nothing)."""
+
+    ticket: dict[str, Any] | None
+
+
 class TicketActivities:
     """Holds the worker's shared clients; the worker registers its bound methods."""
 
@@ -163,10 +170,13 @@ class TicketActivities:
         ack: tuple[Notification, dict[str, Any] | Exception | None] | None = None  # the note and its outbox row
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                intake = await self._insert_ticket(
+                # `row`: the ticket as this transaction last wrote it, handed from part to part instead of read
+                intake, row = await self._insert_ticket(
                     conn, IntakeRequest(ticket_id=req.ticket_id, raw=req.raw, received_at=req.at), ticket
                 )
-                cat = await self._categorise(conn, CategoriseRequest(ticket_id=req.ticket_id, seq=2, at=req.at), tally)
+                cat, row = await self._categorise(
+                    conn, CategoriseRequest(ticket_id=req.ticket_id, seq=2, at=req.at), tally, row
+                )
                 if cat.spam:  # the workflow records the closing: nothing is routed or timed
                     result = OpenResult(intake=intake, categorisation=cat, audit_seq=2)
                 else:
@@ -175,7 +185,7 @@ class TicketActivities:
                             department=cat.department, priority=cat.priority, customer_type=intake.customer_type
                         )
                     )
-                    routing = await self._route(
+                    routing, row = await self._route(
                         conn,
                         RouteRequest(
                             ticket_id=req.ticket_id,
@@ -186,6 +196,7 @@ class TicketActivities:
                             at=req.at,
                             preferred_agent=cat.assign,
                         ),
+                        row,
                     )
                     opened = AuditEntry(
                         ticket_id=req.ticket_id,
@@ -197,10 +208,10 @@ class TicketActivities:
                         ticket_update={"status": "open"},
                         sla_events=[c.started_event() for c in policy.opening_clocks(req.at).values()],
                     )
-                    await self._record(conn, opened, tally)
+                    row = await self._record(conn, opened, tally, row)
                     result = OpenResult(intake=intake, categorisation=cat, policy=policy, routing=routing, audit_seq=4)
                     if req.acknowledge is not None:
-                        ack = req.acknowledge, await self._outbox_or_fault(conn, req.acknowledge)
+                        ack = req.acknowledge, await self._outbox_or_fault(conn, req.acknowledge, row)
             tally.flush()
             if ack is not None:
                 [result.acknowledgement] = await self._first_attempts(conn, [ack[0]], [ack[1]])
@@ -210,7 +221,7 @@ class TicketActivities:
     async def intake(self, req: IntakeRequest) -> IntakeResult:
         ticket = await self._validated(req.raw)
         async with self.pool.connection() as conn, conn.transaction():
-            return await self._insert_ticket(conn, req, ticket)
+            return (await self._insert_ticket(conn, req, ticket))[0]
 
     async def _validated(self, raw: dict[str, Any]) -> TicketIn:
         """The ticket, or a non-retryable error naming the quarantine entry that now holds the payload."""
@@ -236,7 +247,8 @@ class TicketActivities:
 
     async def _insert_ticket(
         self, conn: AsyncConnection[dict[str, Any]], req: IntakeRequest, ticket: TicketIn
-    ) -> IntakeResult:
+    ) -> tuple[IntakeResult, dict[str, Any] | None]:
+        """The intake, with the row when this call created it."""
         c = ticket.customer
         cur = await conn.execute(
             """
@@ -245,7 +257,7 @@ class TicketActivities:
                 customer_language, attachments, tags, created_at)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (id) DO NOTHING
-            RETURNING created_at
+            RETURNING *
             """,
             (
                 req.ticket_id,
@@ -290,13 +302,14 @@ class TicketActivities:
             ).fetchone()
             assert row is not None
             created_at = row["created_at"]
-        return IntakeResult(
+        intake = IntakeResult(
             ticket_id=req.ticket_id,
             channel=ticket.channel,
             customer_type=c.type,
             created_at=created_at,
             already_existed=created is None,
         )
+        return intake, created
 
     # --- categorisation and routing -----------------------------------------------------------------
 
@@ -305,19 +318,24 @@ class TicketActivities:
         tally = metrics.Tally()
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                result = await self._categorise(conn, req, tally)
+                result, _ = await self._categorise(conn, req, tally)
             tally.flush()
         return result
 
     async def _categorise(
-        self, conn: AsyncConnection[dict[str, Any]], req: CategoriseRequest, tally: metrics.Tally
-    ) -> Categorisation:
-        row = await self._ticket(conn, req.ticket_id)
+        self,
+        conn: AsyncConnection[dict[str, Any]],
+        req: CategoriseRequest,
+        tally: metrics.Tally,
+        known: dict[str, Any] | None = None,
+    ) -> tuple[Categorisation, dict[str, Any]]:
+        """The categorisation, and the ticket row after it."""
+        row = await self._ticket(conn, req.ticket_id, known)
         if row["categorisation"] is not None:
             # A retry after the first attempt committed (the column is written only with the `categorised`
             # entry, below): the decision already taken, not a new one from rules or a model that may have
             # changed since (a deploy), nor a different first-ticket answer.
-            return Categorisation.model_validate(row["categorisation"])
+            return Categorisation.model_validate(row["categorisation"]), row
         ticket = TicketIn.model_validate(
             {
                 "subject": row["subject"],
@@ -343,7 +361,7 @@ class TicketActivities:
             self.classifier.predict(f"{ticket.subject}\n{ticket.body}") if self.classifier is not None else None
         )
         result = categorise(ticket, self.config, prediction, first_time=earlier is None, at=req.at)
-        inserted = await self._audit(
+        appended = await self._audit(
             conn,
             AuditEntry(
                 ticket_id=req.ticket_id,
@@ -362,16 +380,17 @@ class TicketActivities:
             ),
             extra={"categorisation": Jsonb(result.model_dump(mode="json"))},
         )
-        if inserted:
-            tally.inc(
-                metrics.TICKETS,
-                event="created",
-                channel=row["channel"],
-                department=result.department,
-                priority=str(result.priority),
-                category=result.category,
-            )
-        return result
+        if appended is None:
+            return result, row
+        tally.inc(
+            metrics.TICKETS,
+            event="created",
+            channel=row["channel"],
+            department=result.department,
+            priority=str(result.priority),
+            category=result.category,
+        )
+        return result, appended.ticket or row
 
     @activity.defn(name=contract.LOAD_POLICY)
     async def load_policy(self, req: PolicyRequest) -> Policy:
@@ -408,10 +427,13 @@ class TicketActivities:
     @activity.defn(name=contract.ROUTE)
     async def route(self, req: RouteRequest) -> Routing:
         async with self.pool.connection() as conn, conn.transaction():
-            return await self._route(conn, req)
+            return (await self._route(conn, req))[0]
 
-    async def _route(self, conn: AsyncConnection[dict[str, Any]], req: RouteRequest) -> Routing:
-        """The routing decision for this step: made once, and read back on a retry."""
+    async def _route(
+        self, conn: AsyncConnection[dict[str, Any]], req: RouteRequest, known: dict[str, Any] | None = None
+    ) -> tuple[Routing, dict[str, Any] | None]:
+        """The routing decision for this step, made once and read back on a retry; and the ticket row after it
+        (`known` when nothing was written)."""
         dept = self.config.departments.get(req.department)
         if dept is None:
             raise ApplicationError(f"unknown department {req.department!r}", non_retryable=True)
@@ -424,8 +446,8 @@ class TicketActivities:
             )
         ).fetchone()
         if prior is not None:
-            return Routing.model_validate(prior)
-        ticket = await self._ticket(conn, req.ticket_id)
+            return Routing.model_validate(prior), known
+        ticket = await self._ticket(conn, req.ticket_id, known)
         routing = await self._assign(conn, dept, req, queue, ticket)
         await conn.execute(
             "INSERT INTO routing_decisions (ticket_id, step, department, tier, queue, agent, reason, at)"
@@ -441,7 +463,7 @@ class TicketActivities:
                 req.at,
             ),
         )
-        await self._audit(
+        appended = await self._audit(
             conn,
             AuditEntry(
                 ticket_id=req.ticket_id,
@@ -458,7 +480,7 @@ class TicketActivities:
                 },
             ),
         )
-        return routing
+        return routing, appended.ticket if appended is not None and appended.ticket is not None else ticket
 
     async def _assign(
         self,
@@ -552,11 +574,19 @@ class TicketActivities:
                 await self._record(conn, entry, tally)
             tally.flush()  # counted once the rows are committed, before anything else can fail
 
-    async def _record(self, conn: AsyncConnection[dict[str, Any]], entry: AuditEntry, tally: metrics.Tally) -> None:
-        """The entry, its SLA events and message, with the metrics it moves held in `tally`."""
-        if not await self._audit(conn, entry):
-            return  # a retry or a replay: written and counted before
-        row = await self._ticket(conn, entry.ticket_id)
+    async def _record(
+        self,
+        conn: AsyncConnection[dict[str, Any]],
+        entry: AuditEntry,
+        tally: metrics.Tally,
+        known: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """The entry, its SLA events and message, with the metrics it moves held in `tally`; and the ticket row
+        after it (`known` when the entry was there)."""
+        appended = await self._audit(conn, entry)
+        if appended is None:
+            return known  # a retry or a replay: written and counted before
+        row = await self._ticket(conn, entry.ticket_id, appended.ticket or known)
         dept, prio = row["department"] or "", row["priority"] or ""
         if entry.sla_events:
             async with conn.cursor() as cur:
@@ -628,6 +658,7 @@ class TicketActivities:
             ).fetchone()
             if bounced is not None:
                 tally.inc(metrics.NOTIFICATIONS, template=bounced["template"], outcome="bounced")
+        return row
 
     @staticmethod
     async def _count_sla(
@@ -712,21 +743,43 @@ class TicketActivities:
 
     async def _audit(
         self, conn: AsyncConnection[dict[str, Any]], entry: AuditEntry, extra: dict[str, Any] | None = None
-    ) -> bool:
-        """Append the entry; apply its ticket update only on first insert. Returns whether inserted."""
-        cur = await conn.execute(
+    ) -> Appended | None:
+        """Append the entry and apply its ticket update, only on first insert: None when the entry was there.
+
+        Entry and update are one statement (a data-modifying WITH), which hands back the ticket row as the update
+        left it, so a step need not read it again: an opening was 26 statements, each a round trip that costs
+        the worker more CPU than the server."""
+        changes = {k: v for k, v in entry.ticket_update.items() if k in _UPDATABLE}
+        unknown = set(entry.ticket_update) - _UPDATABLE
+        if unknown:
+            raise ApplicationError(f"ticket columns not updatable: {sorted(unknown)}", non_retryable=True)
+        changes.update(extra or {})
+        insert = (
             "INSERT INTO audit_log (ticket_id, seq, event, actor, detail, at) VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (ticket_id, seq) DO NOTHING",
-            (
-                entry.ticket_id,
-                entry.seq,
-                entry.event,
-                entry.actor,
-                Jsonb(json.loads(json.dumps(entry.detail, default=str))),
-                entry.at,
-            ),
+            " ON CONFLICT (ticket_id, seq) DO NOTHING"
         )
-        if cur.rowcount != 1:
+        values = (
+            entry.ticket_id,
+            entry.seq,
+            entry.event,
+            entry.actor,
+            Jsonb(json.loads(json.dumps(entry.detail, default=str))),
+            entry.at,
+        )
+        if changes:
+            assignments = ", ".join(f"{col} = %s" for col in changes)
+            cur = await conn.execute(
+                f"WITH entry AS ({insert} RETURNING seq)"  # columns whitelisted above
+                f" UPDATE tickets SET {assignments}, updated_at = now() WHERE id = %s AND EXISTS (SELECT FROM entry)"
+                " RETURNING *",
+                (*values, *changes.values(), entry.ticket_id),
+            )
+            ticket = await cur.fetchone()
+            inserted = ticket is not None
+        else:
+            cur = await conn.execute(insert, values)
+            ticket, inserted = None, cur.rowcount == 1
+        if not inserted:
             held = await (
                 await conn.execute(
                     "SELECT event, actor FROM audit_log WHERE ticket_id = %s AND seq = %s", (entry.ticket_id, entry.seq)
@@ -740,22 +793,16 @@ class TicketActivities:
                     f" writes {entry.event!r}: the ticket's run and its audit log diverged (was it reset?)",
                     type=contract.AUDIT_DIVERGED,
                 )
-            return False
-        changes = {k: v for k, v in entry.ticket_update.items() if k in _UPDATABLE}
-        unknown = set(entry.ticket_update) - _UPDATABLE
-        if unknown:
-            raise ApplicationError(f"ticket columns not updatable: {sorted(unknown)}", non_retryable=True)
-        changes.update(extra or {})
-        if changes:
-            assignments = ", ".join(f"{col} = %s" for col in changes)
-            await conn.execute(
-                f"UPDATE tickets SET {assignments}, updated_at = now() WHERE id = %s",  # columns whitelisted
-                (*changes.values(), entry.ticket_id),
-            )
-        return True
+            return None
+        return Appended(ticket)
 
     @staticmethod
-    async def _ticket(conn: AsyncConnection[dict[str, Any]], ticket_id: str) -> dict[str, Any]:
+    async def _ticket(
+        conn: AsyncConnection[dict[str, Any]], ticket_id: str, known: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The ticket's row: `known` when the step already holds it as its own last write left it, else read."""
+        if known is not None and known["id"] == ticket_id:
+            return known
         row = await (await conn.execute("SELECT * FROM tickets WHERE id = %s", (ticket_id,))).fetchone()
         if row is None:
             raise ApplicationError(f"ticket {ticket_id} is not in the database", non_retryable=True)
@@ -774,13 +821,13 @@ class TicketActivities:
         tally = metrics.Tally()
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                await self._record(conn, step.entry, tally)
-                rows = [await self._outbox_or_fault(conn, note) for note in step.notes]
+                ticket = await self._record(conn, step.entry, tally)
+                rows = [await self._outbox_or_fault(conn, note, ticket) for note in step.notes]
             tally.flush()
             return await self._first_attempts(conn, step.notes, rows)
 
     async def _outbox_or_fault(
-        self, conn: AsyncConnection[dict[str, Any]], note: Notification
+        self, conn: AsyncConnection[dict[str, Any]], note: Notification, ticket: dict[str, Any] | None = None
     ) -> dict[str, Any] | Exception | None:
         """A step's mail in the step's transaction, or the fault that kept it from rendering.
 
@@ -789,7 +836,7 @@ class TicketActivities:
         entry it never wrote."""
         try:
             async with conn.transaction():  # a savepoint: a mail that does not render holds back nothing else
-                return await self._outbox(conn, note)
+                return await self._outbox(conn, note, ticket)
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise  # the connection lost, a deadlock, a cancelled query: Temporal retries the step
         except Exception as err:  # a template or policy fault: `notify` retries it or records it
@@ -843,10 +890,13 @@ class TicketActivities:
                 return self._result(note.key, row)
             return await self._deliver(conn, note, row, self.smtp)
 
-    async def _outbox(self, conn: AsyncConnection[dict[str, Any]], note: Notification) -> dict[str, Any] | None:
-        """The note's outbox row, rendered and inserted on first use (None: it has nobody to go to)."""
+    async def _outbox(
+        self, conn: AsyncConnection[dict[str, Any]], note: Notification, ticket: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The note's outbox row, rendered and inserted on first use (None: it has nobody to go to); `ticket`: the
+        row the step holds, if it does."""
         row = await self._outbox_row(conn, note.key, lock=True)
-        return row if row is not None else await self._prepare(conn, note)
+        return row if row is not None else await self._prepare(conn, note, ticket)
 
     async def _deliver(
         self,
@@ -935,9 +985,11 @@ class TicketActivities:
     def _thread_id(ticket_id: str) -> str:
         return f"<ack.{ticket_id}@ticketflow>"
 
-    async def _prepare(self, conn: AsyncConnection[dict[str, Any]], note: Notification) -> dict[str, Any] | None:
+    async def _prepare(
+        self, conn: AsyncConnection[dict[str, Any]], note: Notification, known: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         """Render the mail and insert it into the outbox (locked for this transaction)."""
-        ticket = await self._ticket(conn, note.ticket_id)
+        ticket = await self._ticket(conn, note.ticket_id, known)
         dept_key = ticket["department"] or self.config.default_department
         dept = self.config.departments[dept_key]
         agents = {a.id: a for d in self.config.departments.values() for a in d.agents}
