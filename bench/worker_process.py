@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -84,6 +85,10 @@ async def run(args: argparse.Namespace) -> None:
     # Experiments with the SDK's worker options, e.g. BENCH_WORKER_OPTIONS='{"max_concurrent_workflow_tasks": 20}'
     for key, value in json.loads(os.environ.get("BENCH_WORKER_OPTIONS", "{}")).items():
         options[key] = timedelta(seconds=value) if key.endswith("_timeout") else value
+    # Experiments with the cycle collector, e.g. BENCH_GC='{"threshold": [10000, 10, 10], "freeze": true}'
+    collector = json.loads(os.environ.get("BENCH_GC", "{}"))
+    if "threshold" in collector:
+        gc.set_threshold(*collector["threshold"])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -119,6 +124,9 @@ async def run(args: argparse.Namespace) -> None:
                     **options,
                 )
                 await workers.enter_async_context(floor)
+            if collector.get("freeze"):  # what has been allocated by now is never walked again
+                gc.collect()
+                gc.freeze()
             print("ready", flush=True)
             await stop.wait()
     finally:
