@@ -480,7 +480,7 @@ class TicketActivities:
                 },
             ),
         )
-        return routing, appended.ticket if appended is not None and appended.ticket is not None else ticket
+        return routing, (appended and appended.ticket) or ticket
 
     async def _assign(
         self,

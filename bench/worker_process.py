@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
     # Experiments with the SDK's worker options, e.g. BENCH_WORKER_OPTIONS='{"max_concurrent_workflow_tasks": 20}'
     for key, value in json.loads(os.environ.get("BENCH_WORKER_OPTIONS", "{}")).items():
         options[key] = timedelta(seconds=value) if key.endswith("_timeout") else value
-    # Experiments with the cycle collector, e.g. BENCH_GC='{"threshold": [10000, 10, 10], "freeze": true}'
+    # Experiments with the cycle collector's thresholds, e.g. BENCH_GC='{"threshold": [10000, 10, 10]}'
     collector = json.loads(os.environ.get("BENCH_GC", "{}"))
     if "threshold" in collector:
         gc.set_threshold(*collector["threshold"])
@@ -124,9 +124,6 @@ async def run(args: argparse.Namespace) -> None:
                     **options,
                 )
                 await workers.enter_async_context(floor)
-            if collector.get("freeze"):  # what has been allocated by now is never walked again
-                gc.collect()
-                gc.freeze()
             print("ready", flush=True)
             await stop.wait()
     finally:
