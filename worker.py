@@ -30,6 +30,7 @@ from activities.gc_pauses import GC_PAUSES
 from activities.health import Health, serve
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks
+from ticketflow import event_loop
 from ticketflow.config import Config, Settings, WorkflowSandbox, settings_problems
 from ticketflow.temporal import connect
 from workflows import TicketWorkflow
@@ -214,7 +215,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                 keep_clocks_reconciled(settings.database_url, config, settings.clock_reconcile_seconds)
             )
             health.polling = True
-            log.info("worker polling task queue %r on %s", settings.task_queue, settings.temporal_address)
+            log.info(
+                "worker polling task queue %r on %s (event loop: %s)",
+                settings.task_queue,
+                settings.temporal_address,
+                event_loop.running_loop(),
+            )
             await stop.wait()
             health.draining = True
             log.info("stopping: draining in-flight work")
@@ -233,7 +239,11 @@ def main() -> None:
     except ValidationError as err:
         print(settings_problems(err), file=sys.stderr)
         raise SystemExit(2) from None
-    asyncio.run(run_worker(settings))
+    try:
+        event_loop.run(run_worker(settings), settings.event_loop)
+    except event_loop.EventLoopUnavailable as err:
+        print(f"worker cannot start: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

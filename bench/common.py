@@ -36,6 +36,7 @@ from activities.db import migrate
 from activities.gc_pauses import NAME as GC_PAUSE  # served by each bench worker (bench.worker_process)
 from starter.devstack import EmbeddedPostgres, TemporalDevServer, free_port, wait_for_temporal
 from ticketflow.config import DEFAULT_SANDBOX, Config
+from ticketflow.event_loop import DEFAULT_EVENT_LOOP
 from ticketflow.temporal import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,6 +274,7 @@ class WorkerOptions:
     # project's development machines: workflows/ticket.py is compiled from source for every new workflow.
     bytecode: bool = True
     sandbox: str = DEFAULT_SANDBOX  # the worker's default; or "strict", "off" (TICKETFLOW_WORKFLOW_SANDBOX)
+    event_loop: str = DEFAULT_EVENT_LOOP  # the worker's default; or "asyncio" (TICKETFLOW_EVENT_LOOP)
     ack_apart: bool = False  # the opening's shape before patch ack-in-open-step (bench.worker_process --ack-apart)
     # the SDK Worker's own options, e.g. max_concurrent_workflow_tasks (bench.worker_process's BENCH_WORKER_OPTIONS)
     sdk_options: dict[str, Any] = field(default_factory=dict)
@@ -382,7 +384,7 @@ class Stack:
         args += ["--sdk-metrics-port", str(port)]
         gc_port = free_port() if options.metrics else 0
         args += ["--gc-metrics-port", str(gc_port)]
-        args += ["--sandbox", options.sandbox]
+        args += ["--sandbox", options.sandbox, "--event-loop", options.event_loop]
         if options.ack_apart:
             args.append("--ack-apart")
         if options.task_queue:

@@ -81,6 +81,9 @@ PAIRED: dict[str, WorkerOptions] = {
     "shared_sandbox": WorkerOptions(sandbox="shared"),
     # no sandbox: what the sandbox's run-time checks cost
     "unsandboxed": WorkerOptions(sandbox="off"),
+    # asyncio's own event loop instead of uvloop's (TICKETFLOW_EVENT_LOOP=asyncio, the default before 2026-11-24):
+    # the activities' sockets (PostgreSQL, SMTP) and the SDK's callbacks from its Rust threads run on it
+    "asyncio_loop": WorkerOptions(event_loop="asyncio"),
 }
 IN_WHOLE_RUN = ("ack_apart", "no_bytecode", "strict_sandbox", "unsandboxed")  # few_slots: --paired only
 CAPACITY_COLUMNS = ["kind", "n", "per s", "/ floor", "p50 ms", "p95 ms", "p99 ms", "cpu ms", "worker", "temporal"]

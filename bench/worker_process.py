@@ -28,8 +28,9 @@ from activities.gc_pauses import GC_PAUSES
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks, TicketActivities
 from bench.floor import BenchActivityShapedFloorWorkflow, BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
-from ticketflow import contract
+from ticketflow import contract, event_loop
 from ticketflow.config import DEFAULT_SANDBOX, Config, WorkflowSandbox, default_config
+from ticketflow.event_loop import DEFAULT_EVENT_LOOP, EventLoop
 from ticketflow.models import OpenRequest, OpenResult
 from ticketflow.temporal import connect
 
@@ -71,6 +72,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         choices=get_args(WorkflowSandbox),
         default=DEFAULT_SANDBOX,
         help="the ticket workflow's sandbox (TICKETFLOW_WORKFLOW_SANDBOX, default %(default)s)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=get_args(EventLoop),
+        default=DEFAULT_EVENT_LOOP,
+        help="the process's event loop (TICKETFLOW_EVENT_LOOP, default %(default)s)",
     )
     return p.parse_args(argv)
 
@@ -132,7 +139,8 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(parse()))
+    args = parse()
+    event_loop.run(run(args), args.event_loop)
 
 
 if __name__ == "__main__":

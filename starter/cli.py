@@ -35,9 +35,11 @@ from starter.dashboards_cli import dashboards_app
 from starter.quarantine_cli import quarantine_app
 from starter.reports import report
 from starter.serving import Stoppable
+from ticketflow import event_loop
 from ticketflow.access import Viewer
 from ticketflow.codec import CodecKeyError
 from ticketflow.config import Settings, settings_problems
+from ticketflow.event_loop import EventLoopUnavailable
 from ticketflow.models import Priority, RateRequest, Status, TicketState
 from ticketflow.temporal import runtime
 
@@ -252,7 +254,10 @@ def worker() -> None:
         typer.echo(f"worker cannot start: the policy file {settings.config_file} is invalid:\n{err}", err=True)
         raise typer.Exit(2) from None
     try:
-        asyncio.run(run_worker(settings))
+        event_loop.run(run_worker(settings), settings.event_loop)
+    except EventLoopUnavailable as err:
+        typer.echo(f"worker cannot start: {err}", err=True)
+        raise typer.Exit(2) from None
     except ConnectionError as err:
         err_console.print(f"[red]worker cannot start:[/] {err}")
         raise typer.Exit(1) from None

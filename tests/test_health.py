@@ -85,7 +85,11 @@ def test_unreachable_temporal_or_postgres_is_a_clear_startup_error(
 
 
 @pytest.mark.e2e
-def test_sigterm_drains_and_exits_cleanly(dev_server: TemporalDevServer, migrated: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", [None, "asyncio"])
+def test_sigterm_drains_and_exits_cleanly(
+    dev_server: TemporalDevServer, migrated: str, tmp_path: Path, loop: str | None
+) -> None:
+    """On uvloop, the default, and on asyncio's own loop (TICKETFLOW_EVENT_LOOP): each must hear SIGTERM."""
     port = free_port()
     log = tmp_path / "worker.log"
     env = worker_env(
@@ -94,6 +98,9 @@ def test_sigterm_drains_and_exits_cleanly(dev_server: TemporalDevServer, migrate
         TICKETFLOW_TASK_QUEUE=f"tq-probe-{port}",
         TICKETFLOW_METRICS_PORT=str(port),
     )
+    env.pop("TICKETFLOW_EVENT_LOOP", None)
+    if loop:
+        env["TICKETFLOW_EVENT_LOOP"] = loop
     with open(log, "wb") as out:
         proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -113,6 +120,7 @@ def test_sigterm_drains_and_exits_cleanly(dev_server: TemporalDevServer, migrate
             proc.kill()
     text = log.read_text()
     assert "stopping: draining in-flight work" in text and "Traceback" not in text
+    assert f"(event loop: {loop or 'uvloop'})" in text, text
 
 
 def test_an_invalid_policy_file_is_named_field_by_field_without_a_traceback(tmp_path: Path) -> None:
@@ -138,7 +146,7 @@ def test_a_bad_setting_is_named_by_its_variable_without_a_traceback() -> None:
     for command in (["worker"], ["list"]):
         result = subprocess.run(
             [*CLI, *command],
-            env=worker_env(TICKETFLOW_WORKFLOW_CACHE="lots", TICKETFLOW_SMTP_PORT="-1x"),
+            env=worker_env(TICKETFLOW_WORKFLOW_CACHE="lots", TICKETFLOW_SMTP_PORT="-1x", TICKETFLOW_EVENT_LOOP="libuv"),
             capture_output=True,
             text=True,
             timeout=60,
@@ -147,4 +155,5 @@ def test_a_bad_setting_is_named_by_its_variable_without_a_traceback() -> None:
         assert "invalid settings:" in result.stderr
         assert "TICKETFLOW_WORKFLOW_CACHE: Input should be a valid integer" in result.stderr
         assert "(got 'lots')" in result.stderr and "TICKETFLOW_SMTP_PORT" in result.stderr
+        assert "TICKETFLOW_EVENT_LOOP: Input should be 'uvloop' or 'asyncio' (got 'libuv')" in result.stderr
         assert "Traceback" not in result.stderr

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ticketflow.calendar import BusinessCalendar, TimeZoneName, add_business_seconds
+from ticketflow.event_loop import DEFAULT_EVENT_LOOP, EventLoop
 from ticketflow.models import Channel, CustomerType, Priority, Region
 
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -423,6 +424,7 @@ class Settings(BaseSettings):
     intake_metrics_port: int = 0  # /metrics of `ticketflow mail-intake` on its own (http-intake serves /metrics)
     db_pool_max: int = 10
     workflow_sandbox: WorkflowSandbox = DEFAULT_SANDBOX  # "strict", "shared" or "off": see worker.sandbox_runner
+    event_loop: EventLoop = DEFAULT_EVENT_LOOP  # the worker process's: "uvloop" or "asyncio" (ticketflow.event_loop)
     # Tickets a worker keeps in memory between their workflow tasks (the SDK's max_cached_workflows, about
     # 0.15 MiB each, 0.4 with the strict sandbox; each full garbage collection walks them all). Size it for the
     # tickets that wake together (Monday 09:00): past it, each wake-up replays the ticket's history
