@@ -30,7 +30,6 @@ from activities.tickets import SurveyLinks, TicketActivities
 from bench.floor import BenchActivityShapedFloorWorkflow, BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
 from ticketflow import contract, event_loop
 from ticketflow.config import DEFAULT_SANDBOX, Config, WorkflowSandbox, default_config
-from ticketflow.event_loop import DEFAULT_EVENT_LOOP, EventLoop
 from ticketflow.models import OpenRequest, OpenResult
 from ticketflow.temporal import connect
 
@@ -75,8 +74,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--event-loop",
-        choices=get_args(EventLoop),
-        default=DEFAULT_EVENT_LOOP,
+        choices=get_args(event_loop.EventLoop),
+        default=event_loop.DEFAULT_EVENT_LOOP,
         help="the process's event loop (TICKETFLOW_EVENT_LOOP, default %(default)s)",
     )
     return p.parse_args(argv)

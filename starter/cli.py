@@ -39,7 +39,6 @@ from ticketflow import event_loop
 from ticketflow.access import Viewer
 from ticketflow.codec import CodecKeyError
 from ticketflow.config import Settings, settings_problems
-from ticketflow.event_loop import EventLoopUnavailable
 from ticketflow.models import Priority, RateRequest, Status, TicketState
 from ticketflow.temporal import runtime
 
@@ -255,7 +254,7 @@ def worker() -> None:
         raise typer.Exit(2) from None
     try:
         event_loop.run(run_worker(settings), settings.event_loop)
-    except EventLoopUnavailable as err:
+    except event_loop.EventLoopUnavailable as err:
         typer.echo(f"worker cannot start: {err}", err=True)
         raise typer.Exit(2) from None
     except ConnectionError as err:
