@@ -5,7 +5,12 @@ The shaped floor: bare Temporal doing what a ticket's opening asks of it, with n
 activity (a no-op standing for the opening step, which also acknowledges), then a search-attribute upsert and a
 timer, all in the first and only workflow task. The pipeline against it is the cost of ticketflow's own work (SQL,
 rules, mail) over the orchestration it needs. The activity-shaped floor is the opening's shape before patch
-open-as-local-step: the no-op as an activity, so a second workflow task."""
+open-as-local-step: the no-op as an activity, so a second workflow task.
+
+The I/O-shaped floor: the shaped floor whose local activity does the least any help desk must do for a ticket, and
+nothing else (bench/floor_io.py): one committed INSERT into PostgreSQL, and one prebuilt mail handed to the relay.
+No help-desk pipeline on this machine can open tickets faster than it, so its rate against the empty floor's
+bounds the ratio any pipeline can reach here."""
 
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ from temporalio.common import SearchAttributeKey
 FLOOR_WORKFLOW = "BenchFloorWorkflow"
 SHAPED_FLOOR_WORKFLOW = "BenchShapedFloorWorkflow"
 ACTIVITY_SHAPED_FLOOR_WORKFLOW = "BenchActivityShapedFloorWorkflow"
+IO_SHAPED_FLOOR_WORKFLOW = "BenchIoShapedFloorWorkflow"
 NOOP_ACTIVITY = "bench_noop"
+IO_ACTIVITY = "bench_row_and_mail"  # bench/floor_io.py: kept apart, so no sandbox imports psycopg for a floor
 TICKET_STATUS = SearchAttributeKey.for_keyword("TicketStatus")
 STEP = timedelta(seconds=30)
 
@@ -58,4 +65,12 @@ class BenchActivityShapedFloorWorkflow:
     @workflow.run
     async def run(self, ticket: dict[str, Any] | None = None) -> None:
         await workflow.execute_activity(NOOP_ACTIVITY, ticket or {}, start_to_close_timeout=STEP)
+        await _opened()
+
+
+@workflow.defn(name=IO_SHAPED_FLOOR_WORKFLOW)
+class BenchIoShapedFloorWorkflow:
+    @workflow.run
+    async def run(self, ticket: dict[str, Any] | None = None) -> None:
+        await workflow.execute_local_activity(IO_ACTIVITY, ticket or {}, start_to_close_timeout=STEP)
         await _opened()

@@ -4,7 +4,9 @@ Tickets are submitted through the client SDK at increasing rates until the pipel
 "routed and acknowledged" when its tier-1 routing decision is written and its acknowledgement is handed to
 the relay. The floor is an empty workflow started with the same payload, at the same rates, on the same dev
 server and worker process in the same run. A final burst (as fast as `--concurrency` callers can) measures
-each one's capacity; the headline is pipeline / floor at capacity (target: at least 0.8).
+each one's capacity; the headline is pipeline / floor at capacity (target: at least 0.8). The shaped floors do a
+ticket's orchestration with a no-op; the I/O-shaped floor adds the least any help desk must do per ticket (one
+committed row, one mail to the relay), so its own ratio to the floor is the most any pipeline can reach here.
 
     .venv/bin/python -m bench.intake --size small     # about 2 minutes
     .venv/bin/python -m bench.intake --size full      # about 15 minutes
@@ -38,7 +40,12 @@ from bench.common import (
     table,
     write_results,
 )
-from bench.floor import ACTIVITY_SHAPED_FLOOR_WORKFLOW, FLOOR_WORKFLOW, SHAPED_FLOOR_WORKFLOW
+from bench.floor import (
+    ACTIVITY_SHAPED_FLOOR_WORKFLOW,
+    FLOOR_WORKFLOW,
+    IO_SHAPED_FLOOR_WORKFLOW,
+    SHAPED_FLOOR_WORKFLOW,
+)
 from bench.load import (
     Submit,
     floor_submitter,
@@ -64,6 +71,7 @@ FLOORS = {
     "floor": FLOOR_WORKFLOW,
     "floor_shaped": SHAPED_FLOOR_WORKFLOW,
     "floor_shaped_activity": ACTIVITY_SHAPED_FLOOR_WORKFLOW,
+    "floor_io": IO_SHAPED_FLOOR_WORKFLOW,
 }
 # Variants of the worker, each a before/after of one candidate gain (a burst each in a whole run, or --paired):
 PAIRED: dict[str, WorkerOptions] = {
@@ -112,8 +120,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="--paired against the worker of git revision REV (e.g. HEAD~1, checked out under the run's folder), "
         "workflow code included: the before/after of a commit",
     )
-    p.add_argument("--rounds", type=int, default=3, help="rounds of --paired")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of --paired (default 3); in a whole run, rounds of the capacity bursts, each kind in turn, of "
+        "which each kind's median round is reported (default 1)",
+    )
     args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 3 if args.paired or args.before else 1
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.paired and args.before:
         p.error("--paired VARIANT and --before REV are two kinds of pair: give one")
     for k, v in SIZES[args.size].items():
@@ -222,9 +239,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if len(done_with) == 2:
                 break
 
-        console.log(f"capacity bursts of {args.burst} with {args.concurrency} callers")
-        kinds = ("floor", "floor_shaped", "floor_shaped_activity", "pipeline")
-        bursts = {kind: await bench.batch(kind, args.burst, None, args.concurrency) for kind in kinds}
+        console.log(f"capacity bursts of {args.burst} with {args.concurrency} callers, {args.rounds} round(s)")
+        kinds = ("floor", "floor_shaped", "floor_shaped_activity", "floor_io", "pipeline")
+        rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for _ in range(args.rounds):  # each kind in turn, so drift within the run reaches all alike
+            for kind in kinds:
+                rounds[kind].append(await bench.batch(kind, args.burst, None, args.concurrency))
+        bursts = {kind: median_round(figures) for kind, figures in rounds.items()}
         shapes = {kind: await history_shape(bench.client, wid) for kind, wid in bench.last.items()}
         for name in IN_WHOLE_RUN:  # each on a fresh worker
             await stack.stop_worker(worker)
@@ -291,6 +312,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ratio = pipeline_cap / floor_cap if floor_cap and pipeline_cap else None
     shaped_cap = bursts["floor_shaped"]["makespan_per_s"]
     shaped_ratio = pipeline_cap / shaped_cap if shaped_cap and pipeline_cap else None
+    io_cap = bursts["floor_io"]["makespan_per_s"]
+    io_ratio = pipeline_cap / io_cap if io_cap and pipeline_cap else None
+    io_ceiling = io_cap / floor_cap if io_cap and floor_cap else None
+    if args.rounds > 1:
+        table(
+            f"capacity by round: {args.rounds} rounds of bursts, each kind in turn",
+            ["kind", "per s, by round", "median", "/ floor, by round"],
+            [
+                [
+                    kind,
+                    " ".join(fmt(f["makespan_per_s"]) for f in figures),
+                    fmt(bursts[kind]["makespan_per_s"]),
+                    " ".join(
+                        fmt(f["makespan_per_s"] / fl["makespan_per_s"] if fl["makespan_per_s"] else None, 2)
+                        for f, fl in zip(figures, rounds["floor"], strict=True)
+                    ),
+                ]
+                for kind, figures in rounds.items()
+            ],
+            caption="the capacity table above shows each kind's median round",
+        )
     table(
         "history of one workflow, once acknowledged (floor: completed)",
         ["kind", *next(iter(shapes.values()), {}).keys()],
@@ -301,16 +343,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"orchestration with no-op activities): [bold]{fmt(shaped_ratio, 2)}[/]; best sustained in the ramp: "
         f"pipeline {fmt(best['pipeline'])}/s, floor {fmt(best['floor'])}/s"
     )
+    console.print(
+        f"I/O-shaped floor (one committed row, one mail to the relay) / floor: [bold]{fmt(io_ceiling, 2)}[/], the "
+        f"most any pipeline can reach on this machine; pipeline / I/O-shaped floor: [bold]{fmt(io_ratio, 2)}[/]"
+    )
     return {
         "size": args.size,
         "params": {k: v for k, v in vars(args).items() if k != "keep"},
         "ramp": ramp,
         "bursts": bursts,
+        "burst_rounds": {kind: [f["makespan_per_s"] for f in figures] for kind, figures in rounds.items()},
         "ratio_pipeline_to_floor": ratio,
         "ratio_pipeline_to_shaped_floor": shaped_ratio,
+        "ratio_pipeline_to_io_floor": io_ratio,
+        "ratio_io_floor_to_floor": io_ceiling,
         "best_per_s": best,
         "history": shapes,
     }
+
+
+def median_round(figures: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median throughput, with all its figures (the upper one of an even count)."""
+    return sorted(figures, key=lambda f: f["makespan_per_s"] or 0.0)[len(figures) // 2]
 
 
 def ratio_of(a: float | None, b: float | None) -> float | None:

@@ -27,7 +27,14 @@ from activities.db import open_pool
 from activities.gc_pauses import GC_PAUSES
 from activities.mail import SmtpSettings
 from activities.tickets import SurveyLinks, TicketActivities
-from bench.floor import BenchActivityShapedFloorWorkflow, BenchFloorWorkflow, BenchShapedFloorWorkflow, bench_noop
+from bench.floor import (
+    BenchActivityShapedFloorWorkflow,
+    BenchFloorWorkflow,
+    BenchIoShapedFloorWorkflow,
+    BenchShapedFloorWorkflow,
+    bench_noop,
+)
+from bench.floor_io import RowAndMail
 from ticketflow import contract, event_loop
 from ticketflow.config import DEFAULT_SANDBOX, Config, WorkflowSandbox, default_config
 from ticketflow.models import OpenRequest, OpenResult
@@ -121,11 +128,18 @@ async def run(args: argparse.Namespace) -> None:
                     )
                 )
             if args.floor_queue:
+                row_and_mail = RowAndMail(pool, args.smtp_port)
+                await row_and_mail.create_table()
                 floor = Worker(
                     client,
                     task_queue=args.floor_queue,
-                    workflows=[BenchFloorWorkflow, BenchShapedFloorWorkflow, BenchActivityShapedFloorWorkflow],
-                    activities=[bench_noop],
+                    workflows=[
+                        BenchFloorWorkflow,
+                        BenchShapedFloorWorkflow,
+                        BenchActivityShapedFloorWorkflow,
+                        BenchIoShapedFloorWorkflow,
+                    ],
+                    activities=[bench_noop, row_and_mail.bench_row_and_mail],
                     workflow_runner=floor_runner,
                     **options,
                 )
