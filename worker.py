@@ -44,14 +44,15 @@ PASSTHROUGH = ("ticketflow", "pydantic", "pydantic_core", "annotated_types", "em
 
 def sandbox_runner(sandbox: WorkflowSandbox = "strict") -> WorkflowRunner:
     """`strict`: the SDK's default, which imports the workflow module anew for every workflow it creates, so
-    a clock, randomness or I/O reached through any import fails the workflow task; the tests run it. `shared`
-    (the worker process's default, ticketflow.config.DEFAULT_SANDBOX): the module is imported once and shared;
-    built-ins such as `open` are still refused, but a `datetime.now()` through a module import is not. Each
-    strict workflow carries its own copy of the module, which the cycle collector walks in every full
-    collection: shared makes those pauses a third as long. `off`: no sandbox, so nothing is refused at run time.
-    What guards the code beyond `strict` is what runs before a release: the tests run `strict`,
-    `tests/test_workflow_code.py` refuses clocks, randomness, I/O and module-level state in the source, and
-    `tests/test_replay.py` replays recorded histories under all three."""
+    a clock, randomness or I/O reached through any import fails the workflow task; the tests run it. `shared`:
+    the module is imported once and shared; built-ins such as `open` are still refused, but a `datetime.now()`
+    through a module import is not. Each strict workflow carries its own copy of the module, which the cycle
+    collector walks in every full collection: shared makes those pauses a third as long. `off` (the worker
+    process's default, ticketflow.config.DEFAULT_SANDBOX): no sandbox, so nothing is refused at run time, and
+    no activation, workflow creation or payload pays for entering one. What guards the code is what runs
+    before a release: the tests run `strict`, `tests/test_workflow_code.py` refuses clocks, randomness, I/O,
+    `open` and module-level state in the source, and `tests/test_replay.py` replays recorded histories under
+    all three."""
     if sandbox == "off":
         return UnsandboxedWorkflowRunner()
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

@@ -85,15 +85,14 @@ PAIRED: dict[str, WorkerOptions] = {
     # the strict sandbox (TICKETFLOW_WORKFLOW_SANDBOX=strict, the default before 2026-11-24): the workflow module
     # imported anew for every workflow, and carried by each cached one
     "strict_sandbox": WorkerOptions(sandbox="strict"),
-    # the default worker (TICKETFLOW_WORKFLOW_SANDBOX=shared) against strict, for --paired
+    # the shared sandbox (TICKETFLOW_WORKFLOW_SANDBOX=shared, the default from 2026-11-24 until off): the module
+    # imported once, built-ins still refused; what the sandbox's run-time checks cost against the default, none
     "shared_sandbox": WorkerOptions(sandbox="shared"),
-    # no sandbox: what the sandbox's run-time checks cost
-    "unsandboxed": WorkerOptions(sandbox="off"),
     # asyncio's own event loop instead of uvloop's (TICKETFLOW_EVENT_LOOP=asyncio, the default before 2026-11-24):
     # the activities' sockets (PostgreSQL, SMTP) and the SDK's callbacks from its Rust threads run on it
     "asyncio_loop": WorkerOptions(event_loop="asyncio"),
 }
-IN_WHOLE_RUN = ("ack_apart", "no_bytecode", "strict_sandbox", "unsandboxed")  # few_slots: --paired only
+IN_WHOLE_RUN = ("ack_apart", "no_bytecode", "strict_sandbox", "shared_sandbox")  # few_slots: --paired only
 CAPACITY_COLUMNS = ["kind", "n", "per s", "/ floor", "p50 ms", "p95 ms", "p99 ms", "cpu ms", "worker", "temporal"]
 CAPACITY_COLUMNS += ["pg", "driver", "gc %", "full gc ms"]
 SATURATED = 0.85  # a step whose completions keep up with less than this share of the offered rate

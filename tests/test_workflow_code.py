@@ -1,9 +1,9 @@
 """Workflow code stays deterministic by its source, whichever sandbox a worker runs.
 
-The `shared` sandbox (TICKETFLOW_WORKFLOW_SANDBOX=shared) imports the workflow module once and still refuses
-built-ins such as `open`, but not a `datetime.now()` reached through a module import; the `ticketflow` core
-is passed through in either mode. So the modules a workflow executes are read here, and a clock, randomness,
-I/O or a client library in them fails the suite before any worker runs it.
+A worker process runs no sandbox by default (TICKETFLOW_WORKFLOW_SANDBOX=off), and the `shared` one imports the
+workflow module once and refuses built-ins such as `open`, but not a `datetime.now()` reached through a module
+import; the `ticketflow` core is passed through in every mode. So the modules a workflow executes are read here,
+and a clock, randomness, I/O, `open` or a client library in them fails the suite before any worker runs it.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def test_workflow_code_uses_no_clock_randomness_or_io(path: Path) -> None:
     assert violations(path.read_text("utf-8"), str(path.relative_to(ROOT))) == []
 
 
-def test_the_check_catches_what_the_shared_sandbox_would_let_through() -> None:
+def test_the_check_catches_what_a_worker_without_the_strict_sandbox_would_let_through() -> None:
     source = (
         "import random\nfrom datetime import datetime\n"
         "def f():\n    return datetime.now(), open('x'), random.random(), workflow.now(), asyncio.sleep(1)\n"
@@ -104,8 +104,9 @@ def carried_state(namespace: dict[str, object]) -> list[str]:
 
 @pytest.mark.parametrize("module", ["workflows", "workflows.ticket"])
 def test_workflow_modules_hold_no_state_that_one_run_could_leave_to_the_next(module: str) -> None:
-    """The shared sandbox (the worker's default) imports the workflow module once for every run: a list, dict
-    or object at module or class level would be one run's state seen by the next, and would differ on replay."""
+    """A worker without a sandbox (the default) or with the shared one imports the workflow module once for
+    every run: a list, dict or object at module or class level would be one run's state seen by the next, and
+    would differ on replay."""
     mod = importlib.import_module(module)
     assert carried_state(vars(mod)) == []
     for cls in (v for v in vars(mod).values() if isinstance(v, type) and v.__module__ == module):
