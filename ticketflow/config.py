@@ -392,8 +392,8 @@ def default_config() -> Config:
 
 
 WorkflowSandbox = Literal["strict", "shared", "off"]
-# The worker process's sandbox unless TICKETFLOW_WORKFLOW_SANDBOX says otherwise. `off`: paired against `shared`
-# (the default before 2026-11-25), 1.11x its intake at 0.83x the worker's CPU per ticket; `shared` was 1.16x
+# The worker process's sandbox unless TICKETFLOW_WORKFLOW_SANDBOX says otherwise. `off`: paired against `shared`,
+# the default before it, 1.09-1.11x its intake at 0.83-0.91x the worker's CPU per ticket; `shared` was 1.16x
 # strict's (README, Performance). What the sandbox refuses at run time the tests refuse first: they and
 # `worker.build_worker` run `strict`, and tests/test_workflow_code.py reads the workflow modules' source.
 DEFAULT_SANDBOX: WorkflowSandbox = "off"
