@@ -285,7 +285,7 @@ HOT: list[Query] = [
                     customer_language, attachments, tags, created_at)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (id) DO NOTHING
-                RETURNING created_at""",
+                RETURNING *""",
         lambda s: (
             NEW_ID,
             "<new@bench>",
