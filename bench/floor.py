@@ -52,12 +52,17 @@ async def _opened() -> None:
     assert not timer.done()
 
 
+async def _opening(step: str, ticket: dict[str, Any] | None) -> None:
+    """The opening's one workflow task: its step as a local activity, then what the task commands after it."""
+    await workflow.execute_local_activity(step, ticket or {}, start_to_close_timeout=STEP)
+    await _opened()
+
+
 @workflow.defn(name=SHAPED_FLOOR_WORKFLOW)
 class BenchShapedFloorWorkflow:
     @workflow.run
     async def run(self, ticket: dict[str, Any] | None = None) -> None:
-        await workflow.execute_local_activity(NOOP_ACTIVITY, ticket or {}, start_to_close_timeout=STEP)
-        await _opened()
+        await _opening(NOOP_ACTIVITY, ticket)
 
 
 @workflow.defn(name=ACTIVITY_SHAPED_FLOOR_WORKFLOW)
@@ -72,5 +77,4 @@ class BenchActivityShapedFloorWorkflow:
 class BenchIoShapedFloorWorkflow:
     @workflow.run
     async def run(self, ticket: dict[str, Any] | None = None) -> None:
-        await workflow.execute_local_activity(IO_ACTIVITY, ticket or {}, start_to_close_timeout=STEP)
-        await _opened()
+        await _opening(IO_ACTIVITY, ticket)
