@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosmtplib
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from temporalio import activity
 
-from activities.mail import RenderedMail, build_message
+from activities import mail
 from bench.floor import IO_ACTIVITY
 
 TABLE = (
@@ -29,14 +28,17 @@ def acknowledgement() -> bytes:
         " hours; answer this mail to add to the ticket.\n\nKind regards,\nSupport\n"
     )
     html = f"<html><body><p>{text.replace(chr(10), '<br>')}</p></body></html>"
-    mail = RenderedMail("[T-BENCH] We received your request", text, html)
-    msg = build_message(sender=SENDER, recipient=RECIPIENT, mail=mail, message_id="<t-bench.ack@bench.invalid>")
+    rendered = mail.RenderedMail("[T-BENCH] We received your request", text, html)
+    msg = mail.build_message(
+        sender=SENDER, recipient=RECIPIENT, mail=rendered, message_id="<t-bench.ack@bench.invalid>"
+    )
     return msg.as_bytes()
 
 
 class RowAndMail:
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], smtp_port: int) -> None:
-        self.pool, self.smtp_port, self.message = pool, smtp_port, acknowledgement()
+        self.pool, self.message = pool, acknowledgement()
+        self.relay = mail.SmtpSettings(host="127.0.0.1", port=smtp_port)
 
     async def create_table(self) -> None:
         async with self.pool.connection() as conn:
@@ -44,17 +46,15 @@ class RowAndMail:
 
     @activity.defn(name=IO_ACTIVITY)
     async def bench_row_and_mail(self, ticket: dict[str, Any]) -> dict[str, Any]:
-        # a connection per mail, as the pipeline's delivery makes one
         key = activity.info().workflow_id
         async with self.pool.connection() as conn:  # commits on leaving
             await conn.execute(
                 "INSERT INTO bench_floor_tickets (key, body) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
                 (key, Jsonb(ticket)),
             )
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=self.smtp_port)
-        await smtp.connect()
+        smtp = await mail.connect(self.relay)  # a connection per mail, as the pipeline's delivery makes one
         try:
             await smtp.sendmail(SENDER, [RECIPIENT], self.message)
         finally:
-            await smtp.quit()
+            await mail.close(smtp)
         return ticket

@@ -308,12 +308,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for kind in ("floor", "pipeline")
     }
     pipeline_cap = bursts["pipeline"]["makespan_per_s"]
-    ratio = pipeline_cap / floor_cap if floor_cap and pipeline_cap else None
+    ratio = ratio_of(pipeline_cap, floor_cap)
     shaped_cap = bursts["floor_shaped"]["makespan_per_s"]
-    shaped_ratio = pipeline_cap / shaped_cap if shaped_cap and pipeline_cap else None
+    shaped_ratio = ratio_of(pipeline_cap, shaped_cap)
     io_cap = bursts["floor_io"]["makespan_per_s"]
-    io_ratio = pipeline_cap / io_cap if io_cap and pipeline_cap else None
-    io_ceiling = io_cap / floor_cap if io_cap and floor_cap else None
+    io_ratio = ratio_of(pipeline_cap, io_cap)
+    io_ceiling = ratio_of(io_cap, floor_cap)
     if args.rounds > 1:
         table(
             f"capacity by round: {args.rounds} rounds of bursts, each kind in turn",
@@ -324,7 +324,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     " ".join(fmt(f["makespan_per_s"]) for f in figures),
                     fmt(bursts[kind]["makespan_per_s"]),
                     " ".join(
-                        fmt(f["makespan_per_s"] / fl["makespan_per_s"] if fl["makespan_per_s"] else None, 2)
+                        fmt(ratio_of(f["makespan_per_s"], fl["makespan_per_s"]), 2)
                         for f, fl in zip(figures, rounds["floor"], strict=True)
                     ),
                 ]
